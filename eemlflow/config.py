@@ -1,0 +1,122 @@
+"""Every training setting, its default and its validation, in one place.
+
+The MLproject, the ``python -m eemlflow.train`` command line and the sweep all build a ``TrainConfig``;
+``tests/test_config.py`` checks that the MLproject's defaults are these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from eemlflow.errors import EemlflowError
+
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits", "synthetic")
+DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
+
+# The study's recipe (timm train.py defaults): lr = BASE_LR_PER_256 x batch_size / 256.
+BASE_LR_PER_256 = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``None`` means "the recipe decides" (lr from batch size, size from the model)."""
+
+    model: str = "resnet18"
+    dataset: str = "cifar10"
+    epochs: int = 50
+    batch_size: int = 128
+    lr: Optional[float] = None
+    img_size: Optional[int] = None
+    data_dir: str = "data"
+    device: str = "auto"
+    country_iso_code: str = "USA"
+    seed: int = 42
+    workers: int = 4
+    download: bool = False
+    measure_power_secs: float = 15.0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model.strip()), "model is empty: give a timm model name, e.g. resnet18")
+        _check(
+            self.dataset in DATASETS,
+            f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}",
+        )
+        _check(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        _check(self.epochs > 0, f"epochs must be a positive integer, got {self.epochs}")
+        _check(self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size}")
+        _check(self.lr is None or self.lr > 0, f"lr must be a positive number, got {self.lr}")
+        _check(
+            self.img_size is None or self.img_size >= 8,
+            f"img_size must be an integer of at least 8 pixels, got {self.img_size}",
+        )
+        _check(self.workers >= 0, f"workers must be 0 or more, got {self.workers}")
+        _check(self.measure_power_secs > 0, f"measure_power_secs must be positive, got {self.measure_power_secs}")
+        _check_country(self.country_iso_code)
+
+    @property
+    def base_lr(self) -> float:
+        """The learning rate the run uses: the given one, else the study's linear scaling rule."""
+        return self.lr if self.lr is not None else BASE_LR_PER_256 * self.batch_size / 256
+
+    @property
+    def run_name(self) -> str:
+        """A name that reads well in the MLflow runs table, e.g. ``resnet18-cifar10-e50-b128``."""
+        return f"{self.model}-{self.dataset}-e{self.epochs}-b{self.batch_size}"
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, Optional[str]]) -> "TrainConfig":
+        """Build a config from raw strings (MLproject parameters, sweep files, ``--set k=v``).
+
+        Empty strings mean "use the default". Unknown keys are an error that lists the known ones.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in fields:
+                raise EemlflowError(f"unknown setting {key!r}: known settings are {', '.join(fields)}")
+            if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+                continue
+            kwargs[key] = _parse(key, raw, fields[key].type)
+        return cls(**kwargs)
+
+
+def _parse(key: str, raw: Any, type_name: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    try:
+        if "int" in type_name:
+            return int(text)
+        if "float" in type_name:
+            return float(text)
+    except ValueError:
+        kind = "an integer" if "int" in type_name else "a number"
+        raise EemlflowError(f"{key} must be {kind}, got {raw!r}") from None
+    if "bool" in type_name:
+        if text.lower() in ("1", "true", "yes", "y", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "n", "off"):
+            return False
+        raise EemlflowError(f"{key} must be true or false, got {raw!r}")
+    return text
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise EemlflowError(message)
+
+
+def _check_country(code: str) -> None:
+    import pycountry  # a CodeCarbon dependency; imported here to keep `import eemlflow.config` light
+
+    if len(code) != 3 or pycountry.countries.get(alpha_3=code.upper()) is None:
+        raise EemlflowError(
+            f"country_iso_code must be an ISO 3166 alpha-3 code such as USA, FRA or DEU, got {code!r}"
+        )
+    if code != code.upper():
+        raise EemlflowError(f"country_iso_code must be upper case, e.g. {code.upper()}")

@@ -1,0 +1,180 @@
+"""The image datasets eemlflow trains on, as uint8 arrays in memory.
+
+CIFAR-10/100 are read from the python on-disk format that torchvision downloads (pickled batches), so that
+a copy made by any tool works and the tests can write small real files. scikit-learn's 8x8 ``digits`` are
+real images that need no download. ``synthetic`` is random noise, for throughput measurements only.
+Every dataset yields PIL images, so the study's timm transforms (upscaling, crops, jitter) apply unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eemlflow.errors import EemlflowError
+
+log = logging.getLogger(__name__)
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    """Where torchvision's CIFAR download puts each file, and which key holds the labels."""
+
+    title: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_file: str
+    label_key: str
+    num_classes: int
+    archive: str
+
+
+CIFAR: dict[str, CifarLayout] = {
+    "cifar10": CifarLayout(
+        "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+        "labels", 10, "cifar-10-python.tar.gz",
+    ),
+    "cifar100": CifarLayout(
+        "CIFAR-100", "cifar-100-python", ("train",), "test", "fine_labels", 100, "cifar-100-python.tar.gz",
+    ),
+}
+
+
+class ArrayImageDataset(torch.utils.data.Dataset):
+    """HWC uint8 RGB images and int labels, served as PIL images through ``transform``.
+
+    timm's ``create_loader`` sets ``transform`` to the study's train or eval transform.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"expected N x H x W x 3 uint8 images, got {images.shape} {images.dtype}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels.astype(np.int64)
+        self.transform = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset's two splits and what the MLflow run should say about it."""
+
+    name: str
+    train: ArrayImageDataset
+    eval: ArrayImageDataset
+    num_classes: int
+    source: str
+    synthetic: bool = False
+
+
+def load_data(name: str, data_dir: str | Path = "data", download: bool = False) -> ImageData:
+    """Load a dataset by name. CIFAR files must be under ``data_dir`` unless ``download`` is set."""
+    if name in CIFAR:
+        return _load_cifar(CIFAR[name], name, Path(data_dir), download)
+    if name == "digits":
+        return _load_digits()
+    if name == "synthetic":
+        return _make_synthetic()
+    raise EemlflowError(f"unknown dataset {name!r}: choose one of cifar10, cifar100, digits, synthetic")
+
+
+def _load_cifar(layout: CifarLayout, name: str, data_dir: Path, download: bool) -> ImageData:
+    folder = data_dir / layout.folder
+    needed = (*layout.train_files, layout.test_file)
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing and download:
+        _download_cifar(name, data_dir)
+        missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise EemlflowError(
+            f"{layout.title} files missing in {folder}: {', '.join(missing)}. Download {layout.archive} from "
+            f"{CIFAR_URL} and extract it into {data_dir}/, or add -P download=true (--download) on a machine "
+            "with internet access"
+        )
+    train = [_read_batch(folder / f, layout.label_key) for f in layout.train_files]
+    test = _read_batch(folder / layout.test_file, layout.label_key)
+    images = np.concatenate([b[0] for b in train])
+    labels = np.concatenate([b[1] for b in train])
+    for split, split_labels in (("training", labels), ("test", test[1])):
+        if split_labels.size and (split_labels.min() < 0 or split_labels.max() >= layout.num_classes):
+            raise EemlflowError(
+                f"{layout.title} {split} labels in {folder} fall outside 0-{layout.num_classes - 1}: "
+                "the files are not a real copy of the dataset"
+            )
+    return ImageData(
+        name, ArrayImageDataset(images, labels), ArrayImageDataset(*test), layout.num_classes, str(folder.resolve())
+    )
+
+
+def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR batch: rows of 3072 bytes (R, G, B planes of 32x32) and a label list."""
+    try:
+        with path.open("rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+        raise EemlflowError(
+            f"{path} is not a CIFAR batch in the python format ({type(e).__name__}: {e}); "
+            f"re-extract the archive from {CIFAR_URL}"
+        ) from None
+    return np.ascontiguousarray(data), labels
+
+
+def _download_cifar(name: str, data_dir: Path) -> None:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    log.info("downloading %s into %s", name, data_dir)
+    try:
+        for train in (True, False):
+            cls(root=str(data_dir), train=train, download=True)
+    except Exception as e:  # network errors come in many types; the message says what happened
+        raise EemlflowError(f"could not download {name} into {data_dir}: {e}") from None
+
+
+def _load_digits() -> ImageData:
+    """scikit-learn's 1,797 8x8 digits (16 grey levels), as RGB uint8, split 80/20 with a fixed seed."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    grey = np.clip(np.rint(digits.images * (255 / 16)), 0, 255).astype(np.uint8)
+    images = np.repeat(grey[..., None], 3, axis=-1)
+    order = np.random.default_rng(0).permutation(len(images))
+    n_eval = len(images) // 5
+    ev, tr = order[:n_eval], order[n_eval:]
+    return ImageData(
+        "digits",
+        ArrayImageDataset(images[tr], digits.target[tr]),
+        ArrayImageDataset(images[ev], digits.target[ev]),
+        10,
+        "sklearn.datasets.load_digits",
+    )
+
+
+def _make_synthetic(n_train: int = 10_000, n_eval: int = 1_000, num_classes: int = 10) -> ImageData:
+    """Random 32x32 images with random labels: for throughput only, accuracy means nothing."""
+    rng = np.random.default_rng(0)
+    def make(n: int) -> ArrayImageDataset:
+        return ArrayImageDataset(
+            rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, num_classes, n)
+        )
+    return ImageData("synthetic", make(n_train), make(n_eval), num_classes, "random noise (seed 0)", synthetic=True)

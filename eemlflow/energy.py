@@ -1,0 +1,259 @@
+"""Energy measurement windows over CodeCarbon's offline tracker, with provenance.
+
+``EnergyMonitor`` follows Zeus's shape: ``begin_window(key)`` / ``end_window(key) -> EnergyReading``, several
+named windows open at once (the whole run, the current epoch). Underneath is one
+``OfflineEmissionsTracker`` (no network: the online tracker silently falls back to Canada when geo-IP
+fails). CodeCarbon swallows its own exceptions, so every reading is checked: a tracker that did not
+start or stopped answering sets ``failure`` instead of producing zeros.
+
+Units: CodeCarbon reports energy in kWh, emissions in kg CO2-eq and time in s; the field names here carry
+those units and the conversion to Wh/J happens in ``EnergyReading`` alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from dataclasses import dataclass, fields
+from typing import Optional, Sequence
+
+from codecarbon import OfflineEmissionsTracker
+from codecarbon.output_methods.base_output import BaseOutput
+from codecarbon.output_methods.emissions_data import EmissionsData
+
+log = logging.getLogger(__name__)
+
+J_PER_KWH = 3.6e6
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    """Energy over a window (or, for a snapshot, since the tracker started)."""
+
+    duration_s: float
+    energy_kwh: float
+    cpu_energy_kwh: float
+    gpu_energy_kwh: float
+    ram_energy_kwh: float
+    emissions_kg: float
+
+    @property
+    def energy_wh(self) -> float:
+        return self.energy_kwh * 1000
+
+    @property
+    def energy_j(self) -> float:
+        return self.energy_kwh * J_PER_KWH
+
+    def __sub__(self, other: "EnergyReading") -> "EnergyReading":
+        return EnergyReading(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+    @classmethod
+    def from_emissions(cls, data: EmissionsData) -> "EnergyReading":
+        return cls(
+            duration_s=data.duration,
+            energy_kwh=data.energy_consumed,
+            cpu_energy_kwh=data.cpu_energy,
+            gpu_energy_kwh=data.gpu_energy,
+            ram_energy_kwh=data.ram_energy,
+            emissions_kg=data.emissions,
+        )
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How CodeCarbon obtained each figure on this machine, which it otherwise keeps to itself."""
+
+    cpu_method: str
+    cpu_tdp_w: Optional[float]
+    cpu_model_known: bool
+    gpu_method: str
+    gpu_ids: str
+    ram_method: str
+    country_source: str
+
+    def as_tags(self) -> dict[str, str]:
+        return {f"energy.{f.name}": "" if getattr(self, f.name) is None else str(getattr(self, f.name))
+                for f in fields(self)}
+
+
+_CPU_METHODS = {
+    "intel_rapl": "RAPL energy counter (measured)",
+    "cpu_load": "load model: TDP x CPU load (estimated)",
+    "constant": "constant: 50% of TDP (estimated)",
+    "intel_power_gadget": "Intel Power Gadget (measured)",
+    "windows_emi": "Windows EMI energy counter (measured)",
+    "apple_powermetrics": "Apple powermetrics (measured)",
+}
+RAM_METHOD = "CodeCarbon estimate: 5 W per estimated DIMM (not measured)"
+
+
+class _Capture(BaseOutput):
+    """Keeps CodeCarbon's latest totals: ``out`` on flush/stop (main thread), ``live_out`` on its timer."""
+
+    def __init__(self) -> None:
+        self.total: Optional[EmissionsData] = None
+        self.live: Optional[EmissionsData] = None
+        self._lock = threading.Lock()
+
+    def out(self, total: EmissionsData, delta: EmissionsData) -> None:
+        with self._lock:
+            self.total = self.live = total
+
+    def live_out(self, total: EmissionsData, delta: EmissionsData) -> None:
+        with self._lock:
+            self.live = total
+
+    def take(self) -> Optional[EmissionsData]:
+        with self._lock:
+            total, self.total = self.total, None
+            return total
+
+
+class EnergyMonitor:
+    """One CodeCarbon tracker for one training run, read through named windows.
+
+    Args:
+        country_iso_code: ISO alpha-3 code of the grid's country (offline carbon intensity).
+        country_given: whether the user chose the country (recorded as provenance) or it is the default.
+        gpu_ids: GPUs to measure (CodeCarbon's ``gpu_ids``); None measures every visible GPU.
+        measure_power_secs: CodeCarbon's sampling interval in seconds.
+        project_name: CodeCarbon's project name (a CSV column).
+    """
+
+    def __init__(
+        self,
+        country_iso_code: str,
+        *,
+        country_given: bool = True,
+        gpu_ids: Optional[Sequence[int]] = None,
+        measure_power_secs: float = 15.0,
+        project_name: str = "eemlflow",
+    ) -> None:
+        self.failure: Optional[str] = None
+        self._country_given = country_given
+        self._capture = _Capture()
+        self._windows: dict[str, EnergyReading] = {}
+        self._last: Optional[EnergyReading] = None
+        self._final: Optional[EmissionsData] = None
+        self._tracker = OfflineEmissionsTracker(
+            country_iso_code=country_iso_code,
+            project_name=project_name,
+            measure_power_secs=measure_power_secs,
+            api_call_interval=1,  # live_out at every sample, for the progress display
+            output_methods=[],  # no emissions.csv: MLflow holds the figures
+            output_dir=tempfile.gettempdir(),
+            output_handlers=[self._capture],  # a fresh list: CodeCarbon appends to it
+            gpu_ids=list(gpu_ids) if gpu_ids is not None else None,
+            log_level="error",
+            allow_multiple_runs=True,  # the lock-file mode disables a second tracker and takes SIGINT
+        )
+
+    def start(self) -> None:
+        """Start measuring; the run window opens here."""
+        self._tracker.start()
+        first = self._snapshot()
+        if first is None:
+            self.failure = "CodeCarbon's tracker did not start (it logs its own error above)"
+            log.warning("energy tracking failed: %s", self.failure)
+        self._windows["run"] = _ZERO
+
+    def begin_window(self, key: str) -> None:
+        """Open a named window (e.g. ``epoch``); a key already open is a ValueError."""
+        if key in self._windows:
+            raise ValueError(f"energy window {key!r} is already open")
+        self._windows[key] = self._snapshot() or self._last or _ZERO
+
+    def end_window(self, key: str) -> Optional[EnergyReading]:
+        """Close a named window and return its energy, or None when the tracker has failed."""
+        if key not in self._windows:
+            raise ValueError(f"energy window {key!r} was not opened")
+        start = self._windows.pop(key)
+        now = self._snapshot()
+        return None if now is None else now - start
+
+    def live(self) -> Optional[EnergyReading]:
+        """The latest totals CodeCarbon sampled on its timer, for progress displays; no measurement made."""
+        data = self._capture.live
+        return None if data is None or self.failure else EnergyReading.from_emissions(data)
+
+    def stop(self) -> Optional[EmissionsData]:
+        """Stop the tracker and return CodeCarbon's final record (None, with ``failure`` set, if it failed)."""
+        self._tracker.stop()
+        self._final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
+        if self._final is None and self.failure is None:
+            self.failure = "CodeCarbon's tracker returned no final measurement (it logs its own error above)"
+            log.warning("energy tracking failed: %s", self.failure)
+        return None if self.failure else self._final
+
+    def _snapshot(self) -> Optional[EnergyReading]:
+        if self.failure:
+            return None
+        self._capture.take()
+        self._tracker.flush()
+        data = self._capture.take()
+        if data is None:
+            self.failure = "CodeCarbon's tracker stopped reporting (flush returned nothing)"
+            log.warning("energy tracking failed: %s", self.failure)
+            return None
+        self._last = EnergyReading.from_emissions(data)
+        return self._last
+
+    def provenance(self) -> Provenance:
+        """How each figure is obtained here. Reads CodeCarbon's hardware objects, which it does not expose."""
+        cpu_method, tdp, known = "none detected", None, False
+        gpu_method, gpu_ids = "none (no GPU tracked)", ""
+        for hw in getattr(self._tracker, "_hardware", []):
+            kind = type(hw).__name__
+            if kind == "CPU":
+                mode = getattr(hw, "_mode", "unknown")
+                cpu_method = _CPU_METHODS.get(mode, f"{mode} (unknown method)")
+                tdp = getattr(hw, "_tdp", None)
+                known = mode == "intel_rapl" or _cpu_in_tdp_table(getattr(hw, "_model", None))
+            elif kind == "GPU":
+                devices = getattr(getattr(hw, "devices", None), "devices", [])
+                sampled = any(getattr(d, "_use_power_fallback", False) for d in devices)
+                gpu_method = "NVML power sampling (estimated)" if sampled else "NVML energy counter (measured)"
+                ids = getattr(hw, "gpu_ids", None)
+                gpu_ids = ",".join(str(i) for i in ids) if ids else "all visible"
+        return Provenance(
+            cpu_method=cpu_method,
+            cpu_tdp_w=tdp,
+            cpu_model_known=known,
+            gpu_method=gpu_method,
+            gpu_ids=gpu_ids,
+            ram_method=RAM_METHOD,
+            country_source="given" if self._country_given else "default",
+        )
+
+
+_ZERO = EnergyReading(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def suspicions(final: EmissionsData, provenance: Provenance, used_gpu: bool) -> list[str]:
+    """Reasons to distrust a run's energy figures; each becomes a warning and a tag on the run."""
+    found = []
+    if used_gpu and final.gpu_energy <= 0:
+        found.append("trained on a GPU but gpu_energy is 0: CodeCarbon did not see the GPU (NVML missing?)")
+    if used_gpu and final.ram_power > final.gpu_power > 0:
+        found.append("RAM power above GPU power: CodeCarbon's RAM estimate dominates, check ram_power")
+    if not provenance.cpu_model_known:
+        found.append(
+            f"CPU model {final.cpu_model or 'unknown'!r} is not in CodeCarbon's TDP table and has no RAPL counter: "
+            f"CPU energy assumes a generic {provenance.cpu_tdp_w} W TDP"
+        )
+    return found
+
+
+def _cpu_in_tdp_table(model: Optional[str]) -> bool:
+    """Whether CodeCarbon knows this CPU's TDP (else it guesses 4 W per thread). Uses its private lookup."""
+    if not model:
+        return False
+    try:
+        from codecarbon.core import cpu
+        from codecarbon.core.hardware_cache import get_cached_tdp
+
+        return bool(get_cached_tdp(cpu)._get_cpu_power_from_registry(model))
+    except Exception:  # a CodeCarbon internals change must not break training; assume unknown
+        return False

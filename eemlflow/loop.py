@@ -1,0 +1,192 @@
+"""The study's training recipe (timm train.py's defaults) and the epoch loop.
+
+Everything is built through timm's own factories, so the recipe is timm's, not a re-implementation:
+``resolve_data_config`` + ``create_loader`` (transforms, prefetcher with normalisation on the device),
+``create_optimizer_v2`` (SGD + Nesterov, no weight decay on bias/norm), ``create_scheduler_v2`` (cosine,
+per epoch), ``LabelSmoothingCrossEntropy`` and ``timm.utils.accuracy``. The two places where the factories'
+defaults differ from train.py's are set explicitly: warmup epochs (train.py 5, factory 0) and the train
+interpolation (train.py 'random', factory 'bilinear').
+
+This module knows nothing of MLflow or energy: ``run_epochs`` yields one ``EpochResult`` per epoch and the
+caller measures and logs around it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from timm.data import create_loader, resolve_data_config
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import accuracy, random_seed
+
+from eemlflow.config import TrainConfig
+from eemlflow.data import ImageData
+from eemlflow.errors import EemlflowError
+from eemlflow.models import create_model
+
+# timm train.py defaults that make up the study's recipe.
+MOMENTUM = 0.9
+WEIGHT_DECAY = 2e-5
+WARMUP_EPOCHS = 5
+WARMUP_LR = 1e-5
+MIN_LR = 0.0
+LABEL_SMOOTHING = 0.1
+TRAIN_INTERPOLATION = "random"
+COLOR_JITTER = 0.4
+HFLIP = 0.5
+BATCH_LOG_INTERVAL = 10  # batches between loss read-backs (each one syncs the GPU)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What timm logs per epoch, plus throughput. Losses are means over images; accuracies in %."""
+
+    epoch: int
+    train_loss: float
+    eval_loss: float
+    eval_top1: float
+    eval_top5: float
+    lr: float
+    train_images: int
+    train_seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.train_images / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+@dataclass
+class Recipe:
+    """A model with its loaders, optimizer and schedule, ready for ``run_epochs``."""
+
+    model: torch.nn.Module
+    train_loader: object
+    eval_loader: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    device: torch.device
+    epochs: int
+    input_size: tuple[int, int, int]
+    num_classes: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the GPU when there is one; asking for ``cuda`` without one is an error with the fix."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if name == "cuda":
+        raise EemlflowError("device=cuda but torch sees no GPU: check nvidia-smi and the CUDA build of torch, or use device=auto")
+    return torch.device("cpu")
+
+
+def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device) -> Recipe:
+    """Model, loaders, optimizer and scheduler exactly as timm train.py builds them for this config."""
+    random_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    model = create_model(cfg.model, data.num_classes, cfg.img_size).to(device)
+    data_cfg = resolve_data_config({"img_size": cfg.img_size} if cfg.img_size else {}, model=model)
+    common = dict(
+        input_size=data_cfg["input_size"],
+        batch_size=cfg.batch_size,
+        mean=data_cfg["mean"],
+        std=data_cfg["std"],
+        num_workers=cfg.workers,
+        device=device,
+        use_prefetcher=True,
+    )
+    train_loader = create_loader(
+        data.train, is_training=True, hflip=HFLIP, color_jitter=COLOR_JITTER,
+        interpolation=TRAIN_INTERPOLATION, **common,
+    )
+    eval_loader = create_loader(
+        data.eval, is_training=False, interpolation=data_cfg["interpolation"], crop_pct=data_cfg["crop_pct"],
+        **common,
+    )
+    if len(train_loader) == 0:
+        raise EemlflowError(
+            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images of {data.name}: "
+            "the recipe drops the last partial batch, so nothing would train; use a smaller batch_size"
+        )
+    optimizer = create_optimizer_v2(
+        model, opt="sgd", lr=cfg.base_lr, weight_decay=WEIGHT_DECAY, momentum=MOMENTUM
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=WARMUP_EPOCHS, warmup_lr=WARMUP_LR,
+        min_lr=MIN_LR, updates_per_epoch=len(train_loader),
+    )
+    return Recipe(model, train_loader, eval_loader, optimizer, scheduler, device, cfg.epochs,
+                  tuple(data_cfg["input_size"]), data.num_classes)
+
+
+BatchCallback = Callable[[int, int, Optional[float]], None]  # (batch index, batches, loss or None)
+
+
+def run_epochs(recipe: Recipe, on_batch: Optional[BatchCallback] = None) -> Iterator[EpochResult]:
+    """Train and evaluate epoch by epoch, yielding after each; the schedule steps once per epoch."""
+    train_loss_fn = LabelSmoothingCrossEntropy(smoothing=LABEL_SMOOTHING).to(recipe.device)
+    eval_loss_fn = torch.nn.CrossEntropyLoss().to(recipe.device)
+    updates = 0
+    for epoch in range(recipe.epochs):
+        lr = _mean_lr(recipe.optimizer)
+        loss, images, seconds, updates = _train_epoch(recipe, train_loss_fn, updates, on_batch)
+        eval_loss, top1, top5 = _evaluate(recipe, eval_loss_fn)
+        recipe.scheduler.step(epoch + 1)
+        yield EpochResult(epoch, loss, eval_loss, top1, top5, lr, images, seconds)
+
+
+def _mean_lr(optimizer: torch.optim.Optimizer) -> float:
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    return sum(lrs) / len(lrs)
+
+
+def _train_epoch(recipe: Recipe, loss_fn, updates: int, on_batch: Optional[BatchCallback]):
+    recipe.model.train()
+    total = torch.zeros((), device=recipe.device)
+    images = 0
+    batches = len(recipe.train_loader)
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(recipe.train_loader):
+        loss = loss_fn(recipe.model(x), y)
+        recipe.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        recipe.optimizer.step()
+        updates += 1
+        recipe.scheduler.step_update(num_updates=updates)
+        total += loss.detach() * x.shape[0]
+        images += x.shape[0]
+        if on_batch is not None:
+            shown = loss.item() if (i + 1) % BATCH_LOG_INTERVAL == 0 or i + 1 == batches else None
+            on_batch(i + 1, batches, shown)
+    if recipe.device.type == "cuda":
+        torch.cuda.synchronize(recipe.device)
+    seconds = time.perf_counter() - start
+    return (total.item() / images if images else float("nan")), images, seconds, updates
+
+
+@torch.no_grad()
+def _evaluate(recipe: Recipe, loss_fn) -> tuple[float, float, float]:
+    recipe.model.eval()
+    loss_sum = top1_sum = top5_sum = torch.zeros((), device=recipe.device)
+    n = 0
+    k = min(5, recipe.num_classes)
+    for x, y in recipe.eval_loader:
+        out = recipe.model(x)
+        acc1, acc5 = accuracy(out, y, topk=(1, k))
+        b = x.shape[0]
+        loss_sum = loss_sum + loss_fn(out, y) * b
+        top1_sum = top1_sum + acc1 * b
+        top5_sum = top5_sum + acc5 * b
+        n += b
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    return loss_sum.item() / n, top1_sum.item() / n, top5_sum.item() / n

@@ -1,0 +1,166 @@
+"""One training run end to end: config -> data + model -> loop, measured by CodeCarbon, logged to MLflow.
+
+Everything a user can get wrong is checked before a run is opened, so bad input leaves no run behind.
+Once the run is open it always ends with a status: FINISHED, FAILED (the error as a tag) or KILLED (Ctrl-C or
+SIGTERM), and in every case with the energy measured up to that point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Protocol
+
+from eemlflow.config import TrainConfig
+from eemlflow.data import load_data
+from eemlflow.energy import EmissionsData, EnergyMonitor, EnergyReading, suspicions
+from eemlflow.loop import EpochResult, build_recipe, resolve_device, run_epochs
+from eemlflow.models import check_model_name
+from eemlflow.tracking import DEFAULT_EXPERIMENT, TrainingRun, connect, environment
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """What the runner tells a progress display; the CLI passes a rich one."""
+
+    def begin(self, cfg: TrainConfig, run_id: str, batches: int) -> None: ...
+    def batch(self, index: int, batches: int, loss: Optional[float], energy: Optional[EnergyReading]) -> None: ...
+    def epoch(self, result: EpochResult, total: Optional[EnergyReading]) -> None: ...
+    def end(self) -> None: ...
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that the run is closed as KILLED like on Ctrl-C."""
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    epochs: list[EpochResult] = field(default_factory=list)
+    energy: Optional[EmissionsData] = None
+    error: Optional[str] = None
+
+
+def train_run(
+    cfg: TrainConfig,
+    *,
+    tracking_uri: Optional[str] = None,
+    experiment_name: str = DEFAULT_EXPERIMENT,
+    country_given: bool = True,
+    reporter: Optional[Reporter] = None,
+    system_metrics: bool = True,
+) -> RunOutcome:
+    """Train ``cfg`` into a new (or ``mlflow run``'s) MLflow run and return how it ended.
+
+    Raises ``EemlflowError`` for bad input before any run is opened; KeyboardInterrupt after closing the
+    run as KILLED. Any other failure during training ends the run FAILED and is returned, not raised.
+    """
+    check_model_name(cfg.model)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.download)
+    client = connect(tracking_uri)
+
+    run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics)
+    outcome = RunOutcome(run.run_id, "RUNNING")
+    monitor: Optional[EnergyMonitor] = None
+    interrupted: Optional[BaseException] = None
+    try:
+        with _sigterm_raises():
+            recipe = build_recipe(cfg, data, device)
+            run.log_setup(cfg, data, str(device), recipe.input_size, environment(device))
+            monitor = EnergyMonitor(
+                cfg.country_iso_code, country_given=country_given,
+                measure_power_secs=cfg.measure_power_secs, gpu_ids=_visible_gpu_ids(device),
+            )
+            monitor.start()
+            if reporter:
+                reporter.begin(cfg, run.run_id, len(recipe.train_loader))
+            def on_batch(i: int, n: int, loss: Optional[float]) -> None:
+                if reporter:
+                    reporter.batch(i, n, loss, monitor.live())
+            monitor.begin_window("epoch")
+            for result in run_epochs(recipe, on_batch):
+                energy = monitor.end_window("epoch")
+                total = monitor.live()
+                run.log_epoch(result, energy, total)
+                outcome.epochs.append(result)
+                if reporter:
+                    reporter.epoch(result, total)
+                monitor.begin_window("epoch")
+        outcome.status = "FINISHED"
+    except (KeyboardInterrupt, Terminated) as e:
+        outcome.status, outcome.error, interrupted = "KILLED", f"interrupted by {type(e).__name__}", e
+    except Exception as e:  # the run must end FAILED with the error, whatever it was
+        outcome.status, outcome.error = "FAILED", f"{type(e).__name__}: {e}"
+        log.debug("training failed:\n%s", traceback.format_exc())
+    finally:
+        if reporter:
+            reporter.end()
+        _close(run, monitor, outcome, device.type == "cuda")
+    if interrupted is not None:
+        raise KeyboardInterrupt from interrupted
+    return outcome
+
+
+def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutcome, used_gpu: bool) -> None:
+    """Log the energy measured so far and end the run; signals are held off until this is done."""
+    with _signals_deferred():
+        if monitor is not None:
+            final = monitor.stop()
+            provenance = monitor.provenance()
+            suspect = suspicions(final, provenance, used_gpu) if final is not None else []
+            for reason in suspect:
+                log.warning("suspect energy figures: %s", reason)
+            run.log_energy(final, provenance, suspect, monitor.failure)
+            outcome.energy = final
+        run.finish(outcome.status, outcome.error)
+
+
+def _visible_gpu_ids(device) -> Optional[list[int]]:
+    """CodeCarbon counts whole devices: measure only the one torch trains on (index as NVML sees it)."""
+    if device.type != "cuda":
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    index = device.index or 0
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    if ids and ids[index].isdigit():
+        return [int(ids[index])]
+    return [index]
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def handler(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """A second Ctrl-C while the run is being closed would leave it RUNNING: hold signals until done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    def hold(signum, frame):
+        pending.append(signum)
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,199 @@
+"""The study's CSV schema: its 42 columns, in order, and where each one lives on an MLflow run.
+
+This table is the single source of truth: the training logger writes each column to the key named here,
+the exporter reads it back from there, and the ingester writes ingested rows the same way. To find where a
+CSV column comes from, look up its ``Column`` below.
+
+Storage rules:
+
+- ``metric``: numbers (CodeCarbon's energy, power and hardware counts, final losses/accuracies).
+- ``param``: the run configuration (model, dataset, epochs, batch size, learning rate used).
+- ``tag``: CodeCarbon's text fields, under ``codecarbon.<name>``.
+- ``info``: the run's own identity (run id, experiment id and name); ingested runs keep the original ones
+  in the tags ``eemlflow.source_run_id`` / ``eemlflow.source_experiment_id``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+Kind = Literal["info", "param", "metric", "tag"]
+
+# Tags that mark and describe eemlflow rows.
+ROW_TAG = "eemlflow.row"  # "train" for runs trained here, "ingested" for ingested rows
+SOURCE_RUN_ID_TAG = "eemlflow.source_run_id"
+SOURCE_EXPERIMENT_ID_TAG = "eemlflow.source_experiment_id"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One CSV column: its name, type, unit, and the MLflow key that holds it."""
+
+    name: str
+    kind: Kind
+    dtype: type
+    unit: str = ""
+    doc: str = ""
+    source: str = "eemlflow"  # "codecarbon" where the value is a field of CodeCarbon's EmissionsData
+    mlflow_key: str = ""  # where it differs from the rule in ``key``
+
+    @property
+    def key(self) -> str:
+        """The MLflow key (param, metric or tag name) of this column."""
+        if self.mlflow_key:
+            return self.mlflow_key
+        return f"codecarbon.{self.name}" if self.kind == "tag" else self.name
+
+
+def _cc(name: str, kind: Kind, dtype: type, unit: str = "", doc: str = "") -> Column:
+    return Column(name, kind, dtype, unit, doc or f"CodeCarbon {name}", source="codecarbon")
+
+
+COLUMNS: tuple[Column, ...] = (
+    _cc("timestamp", "tag", str, doc="when the run's measurement ended (CodeCarbon, local time, ISO 8601)"),
+    _cc("project_name", "tag", str),
+    Column("run_id", "info", str, doc="MLflow run id (ingested rows keep their own)"),
+    Column("experiment_id", "info", str, doc="MLflow experiment id (ingested rows keep their own)"),
+    Column("experiment_name", "info", str, doc="MLflow experiment name"),
+    Column("model", "param", str, doc="timm model name"),
+    Column("dataset", "param", str, doc="cifar10 / cifar100 / digits / synthetic"),
+    Column("epochs", "param", int, doc="number of training epochs"),
+    Column("batch_size", "param", int, doc="training batch size"),
+    _cc("duration", "metric", float, "s"),
+    _cc("emissions", "metric", float, "kg CO2-eq"),
+    _cc("emissions_rate", "metric", float, "kg/s"),
+    _cc("cpu_power", "metric", float, "W", "CodeCarbon's mean of CPU power samples"),
+    _cc("gpu_power", "metric", float, "W", "CodeCarbon's mean of GPU power samples"),
+    _cc("ram_power", "metric", float, "W", "CodeCarbon's mean of RAM power samples"),
+    _cc("cpu_energy", "metric", float, "kWh"),
+    _cc("gpu_energy", "metric", float, "kWh"),
+    _cc("ram_energy", "metric", float, "kWh"),
+    _cc("energy_consumed", "metric", float, "kWh", "total energy: CPU + GPU + RAM, times PUE"),
+    _cc("country_name", "tag", str),
+    _cc("country_iso_code", "tag", str),
+    _cc("region", "tag", str),
+    _cc("cloud_provider", "tag", str),
+    _cc("cloud_region", "tag", str),
+    _cc("os", "tag", str),
+    _cc("python_version", "tag", str),
+    _cc("codecarbon_version", "tag", str),
+    _cc("cpu_count", "metric", int),
+    _cc("cpu_model", "tag", str),
+    _cc("gpu_count", "metric", int),
+    _cc("gpu_model", "tag", str),
+    _cc("longitude", "metric", float, "degrees"),
+    _cc("latitude", "metric", float, "degrees"),
+    _cc("ram_total_size", "metric", float, "GB"),
+    _cc("tracking_mode", "tag", str),
+    _cc("on_cloud", "tag", str),
+    _cc("pue", "metric", float),
+    Column("train_loss", "metric", float, doc="final training loss (label smoothing 0.1)"),
+    Column("eval_loss", "metric", float, doc="final evaluation loss (cross-entropy)"),
+    Column("eval_top1", "metric", float, "%", "final top-1 accuracy"),
+    Column("eval_top5", "metric", float, "%", "final top-5 accuracy"),
+    # The launcher owns the raw `lr` param, which may be empty ("the recipe's"): the rate used is `base_lr`.
+    Column("lr", "param", float, doc="base learning rate used (peak of the schedule)", mlflow_key="base_lr"),
+)
+
+# Fields beyond the study's 42, appended by `export --with-extras` after them.
+EXTRAS: tuple[Column, ...] = (
+    _cc("water_consumed", "metric", float, "L"),
+    _cc("wue", "metric", float, "L/kWh"),
+    _cc("cpu_utilization_percent", "metric", float, "%"),
+    _cc("gpu_utilization_percent", "metric", float, "%"),
+    _cc("ram_utilization_percent", "metric", float, "%"),
+    _cc("ram_used_gb", "metric", float, "GB"),
+    Column("avg_cpu_power_w", "metric", float, "W", "cpu_energy / duration"),
+    Column("avg_gpu_power_w", "metric", float, "W", "gpu_energy / duration"),
+    Column("avg_ram_power_w", "metric", float, "W", "ram_energy / duration"),
+    Column("avg_power_w", "metric", float, "W", "energy_consumed / duration"),
+    Column("energy_wh", "metric", float, "Wh", "energy_consumed in Wh"),
+    Column("mode", "param", str, doc="faithful (the study's recipe) or fast"),
+    Column("data_path", "param", str, doc="cpu (timm's loader) or gpu"),
+    Column("precision", "param", str, doc="fp32, or bf16 in fast mode"),
+    # The launcher owns the `device` param (auto/cuda/cpu): the device actually used is `resolved_device`.
+    Column("device", "param", str, doc="the torch device trained on", mlflow_key="resolved_device"),
+    Column("status", "info", str, doc="MLflow run status"),
+)
+
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS + EXTRAS}
+CODECARBON_FIELDS: tuple[Column, ...] = tuple(c for c in COLUMNS + EXTRAS if c.source == "codecarbon")
+
+
+def to_mlflow(values: dict[str, Any], columns: tuple[Column, ...]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+    """Split column values into MLflow (params, metrics, tags), skipping missing ones.
+
+    A missing value (None, empty string, NaN) is simply not logged, so that export gives it back empty.
+    """
+    params: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for col in columns:
+        value = values.get(col.name)
+        if is_missing(value) or col.kind == "info":
+            continue
+        if col.kind == "metric":
+            metrics[col.key] = float(value)
+        elif col.kind == "param":
+            params[col.key] = format_value(coerce(value, col))
+        else:
+            tags[col.key] = str(value)
+    return params, metrics, tags
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value == "") or (
+        isinstance(value, float) and math.isnan(value)
+    )
+
+
+def coerce(value: Any, col: Column) -> Any:
+    """Convert a raw value (string from a CSV or an MLflow param, float from a metric) to the column's type.
+
+    Raises ValueError when the value does not fit, which the ingester reports with line and column.
+    """
+    if is_missing(value):
+        return None
+    if col.dtype is str:
+        return str(value)
+    if col.dtype is int:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(f"{value!r} is not an integer")
+        return int(number)
+    number = float(value)
+    return number
+
+
+def format_value(value: Any) -> str:
+    """The text form used in CSV cells and params: floats round-trip exactly (repr), missing is empty."""
+    if is_missing(value):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def read_run(run: Any, experiment_name: Optional[str], columns: tuple[Column, ...]) -> dict[str, Any]:
+    """Rebuild a row from an MLflow run (as returned by ``MlflowClient.search_runs``)."""
+    data, info = run.data, run.info
+    row: dict[str, Any] = {}
+    for col in columns:
+        if col.kind == "info":
+            raw: Any = {
+                "run_id": data.tags.get(SOURCE_RUN_ID_TAG, info.run_id),
+                "experiment_id": data.tags.get(SOURCE_EXPERIMENT_ID_TAG, info.experiment_id),
+                "experiment_name": experiment_name,
+                "status": info.status,
+            }[col.name]
+        elif col.kind == "metric":
+            raw = data.metrics.get(col.key)
+        elif col.kind == "param":
+            raw = data.params.get(col.key)
+        else:
+            raw = data.tags.get(col.key)
+        row[col.name] = coerce(raw, col)
+    return row

@@ -1,0 +1,223 @@
+"""The MLflow side of a training run: where every figure of the study's row is logged.
+
+Logging goes through ``MlflowClient.log_batch`` with an explicit run id, one call per epoch and one at the
+end; the run itself is opened with the fluent API so that ``mlflow run``'s run (``MLFLOW_RUN_ID``) is resumed
+and MLflow's system metrics (GPU power and utilisation over time) run beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import time
+import warnings
+from typing import Any, Iterator, Optional
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+import eemlflow
+from eemlflow import schema
+from eemlflow.config import TrainConfig
+from eemlflow.data import ImageData
+from eemlflow.energy import EmissionsData, EnergyReading, Provenance
+from eemlflow.errors import EemlflowError
+from eemlflow.loop import EpochResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "eemlflow"
+MAX_PARAMS_PER_BATCH = 100
+
+
+def connect(tracking_uri: Optional[str] = None) -> MlflowClient:
+    """Point MLflow at ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``, else ./mlflow.db) and check it answers.
+
+    The check fails fast: MLflow's HTTP client otherwise retries for minutes before giving up.
+    """
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(uri)
+    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as e:  # sqlalchemy, requests and MlflowException all mean the same to the user
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EemlflowError(
+                f"cannot reach the MLflow tracking store at {uri} ({first_line[:200]}); start the server or "
+                "pass a reachable --tracking-uri (e.g. sqlite:///mlflow.db)"
+            ) from None
+    return client
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class TrainingRun:
+    """One MLflow run holding one row of the study's CSV, its per-epoch history and its provenance."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def open(cls, client: MlflowClient, cfg: TrainConfig, experiment_name: str = DEFAULT_EXPERIMENT,
+             system_metrics: bool = True) -> "TrainingRun":
+        """Resume ``mlflow run``'s run if there is one, else start a new run in ``experiment_name``."""
+        if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            mlflow.set_experiment(experiment_name)
+        active = mlflow.start_run(run_name=cfg.run_name, log_system_metrics=system_metrics)
+        run = cls(client, active.info.run_id)
+        client.set_tag(run.run_id, "mlflow.runName", cfg.run_name)
+        return run
+
+    def log_setup(self, cfg: TrainConfig, data: ImageData, device: str, input_size: tuple[int, ...],
+                  environment: dict[str, str]) -> None:
+        """Settings, dataset and environment, before the first epoch."""
+        existing = self.client.get_run(self.run_id).data.params
+        # `mlflow run` has already logged each -P value as typed; logging another spelling would fail.
+        params = {k: schema.format_value(v) for k, v in vars(cfg).items() if k not in existing}
+        params.update({
+            "base_lr": schema.format_value(cfg.base_lr),
+            "input_size": "x".join(str(s) for s in input_size),
+            "num_classes": str(data.num_classes),
+            "mode": "faithful",
+            "data_path": "cpu",
+            "precision": "fp32",
+            "resolved_device": device,
+        })
+        tags = {
+            schema.ROW_TAG: "train",
+            "mlflow.note.content": _description(cfg, data, device, input_size),
+            **environment,
+        }
+        if data.synthetic:
+            tags["eemlflow.synthetic"] = "true: random images, accuracy is meaningless (throughput only)"
+        self._log(params=params, tags=tags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow warns that a path "can be interpreted in multiple ways"
+            for split, ds in (("training", data.train), ("eval", data.eval)):
+                mlflow.log_input(
+                    mlflow.data.from_numpy(ds.images, targets=ds.labels, source=data.source,
+                                           name=f"{data.name}-{split}"),
+                    context=split,
+                )
+
+    def log_epoch(self, result: EpochResult, energy: Optional[EnergyReading], total: Optional[EnergyReading]) -> None:
+        """The epoch's losses, accuracies, lr and throughput, and its energy (step = epoch number, from 1)."""
+        values = {
+            "train_loss": result.train_loss,
+            "eval_loss": result.eval_loss,
+            "eval_top1": result.eval_top1,
+            "eval_top5": result.eval_top5,
+            "lr": result.lr,
+            "epoch_train_seconds": result.train_seconds,
+            "images_per_s": result.images_per_s,
+        }
+        if energy is not None:
+            values.update({
+                "epoch_energy_kwh": energy.energy_kwh,
+                "epoch_cpu_energy_kwh": energy.cpu_energy_kwh,
+                "epoch_gpu_energy_kwh": energy.gpu_energy_kwh,
+                "epoch_ram_energy_kwh": energy.ram_energy_kwh,
+                "epoch_emissions_kg": energy.emissions_kg,
+                "epoch_duration_s": energy.duration_s,
+                "epoch_energy_j_per_image": energy.energy_j / result.train_images if result.train_images else 0.0,
+            })
+        if total is not None:
+            values["energy_so_far_kwh"] = total.energy_kwh
+        self._log(metrics=values, step=result.epoch + 1)
+
+    def log_energy(self, final: Optional[EmissionsData], provenance: Provenance, suspect: list[str],
+                   failure: Optional[str]) -> None:
+        """CodeCarbon's final record (every field), time-weighted powers, provenance and warnings."""
+        tags = provenance.as_tags()
+        metrics: dict[str, float] = {}
+        params: dict[str, str] = {}
+        if final is not None:
+            params, metrics, cc_tags = schema.to_mlflow(final.values, schema.CODECARBON_FIELDS)
+            tags.update(cc_tags)
+            duration = final.duration or float("nan")
+            metrics.update({
+                "avg_cpu_power_w": final.cpu_energy * 3.6e6 / duration,
+                "avg_gpu_power_w": final.gpu_energy * 3.6e6 / duration,
+                "avg_ram_power_w": final.ram_energy * 3.6e6 / duration,
+                "avg_power_w": final.energy_consumed * 3.6e6 / duration,
+                "energy_wh": final.energy_consumed * 1000,
+            })
+        if failure:
+            tags["energy.failure"] = failure
+        if suspect:
+            tags["energy.suspect"] = " | ".join(suspect)
+        self._log(params=params, metrics=metrics, tags=tags)
+
+    def finish(self, status: str, error: Optional[str] = None) -> None:
+        """End the run as FINISHED, FAILED or KILLED, with the error as a tag."""
+        if error:
+            self.client.set_tag(self.run_id, "eemlflow.error", error[:5000])
+        mlflow.end_run(status=status)
+
+    def _log(self, params: Optional[dict[str, str]] = None, metrics: Optional[dict[str, float]] = None,
+             tags: Optional[dict[str, str]] = None, step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        param_list = [Param(k, v) for k, v in (params or {}).items()]
+        for i in range(0, max(len(param_list), 1), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()] if i == 0 else [],
+                params=param_list[i:i + MAX_PARAMS_PER_BATCH],
+                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()] if i == 0 else [],
+            )
+
+
+def _description(cfg: TrainConfig, data: ImageData, device: str, input_size: tuple[int, ...]) -> str:
+    return (
+        f"{cfg.model} trained from scratch on {data.name} ({len(data.train)} train / {len(data.eval)} eval "
+        f"images, upscaled to {input_size[-1]} px) for {cfg.epochs} epochs at batch size {cfg.batch_size}, "
+        f"lr {cfg.base_lr:g}, on {device}: timm train.py's recipe (SGD Nesterov, cosine, 5 warmup epochs, "
+        "label smoothing 0.1, fp32), energy by CodeCarbon (offline, "
+        f"country {cfg.country_iso_code})."
+    )
+
+
+def environment(device: Any) -> dict[str, str]:
+    """Versions and hardware that a reader needs to reproduce the run, as tags."""
+    import codecarbon
+    import timm
+    import torch
+
+    env = {
+        "versions.eemlflow": eemlflow.__version__,
+        "versions.torch": torch.__version__,
+        "versions.timm": timm.__version__,
+        "versions.mlflow": mlflow.__version__,
+        "versions.codecarbon": codecarbon.__version__,
+        "versions.python": platform.python_version(),
+        "versions.cuda": str(torch.version.cuda or ""),
+    }
+    if getattr(device, "type", "") == "cuda":
+        env["gpu.name"] = torch.cuda.get_device_name(device)
+        env["gpu.count_visible"] = str(torch.cuda.device_count())
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            env["versions.gpu_driver"] = str(pynvml.nvmlSystemGetDriverVersion())
+        except Exception as e:  # NVML is optional: the run still trains without it
+            env["versions.gpu_driver"] = f"unknown ({type(e).__name__})"
+    return env

@@ -1,0 +1,77 @@
+"""``python -m eemlflow.train``: the MLproject's ``main`` entry point, also usable without the launcher.
+
+Each training setting of ``TrainConfig`` is an option (``--batch-size`` for ``batch_size``); values arrive as
+strings, as ``mlflow run`` passes them, and are validated here since MLflow does not check MLproject types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Optional, Sequence
+
+from rich.console import Console
+
+from eemlflow.config import TrainConfig
+from eemlflow.errors import EemlflowError
+from eemlflow.progress import RichReporter, format_energy
+
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eemlflow.train",
+        description="Train a timm model with the study's recipe, measured by CodeCarbon, tracked in MLflow. "
+        "An empty value means the default.",
+    )
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
+                            help=f"default: {getattr(defaults, f.name)!r}")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--experiment", default="eemlflow", help="experiment name when run without `mlflow run`")
+    parser.add_argument("--no-system-metrics", action="store_true", help="do not log MLflow's system metrics")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    console = Console(stderr=True)
+    raw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    try:
+        from eemlflow.runner import train_run  # heavy imports (torch, timm, mlflow) after argument parsing
+
+        cfg = TrainConfig.from_strings(raw)
+        outcome = train_run(
+            cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
+            country_given=bool((raw["country_iso_code"] or "").strip()), reporter=RichReporter(console),
+            system_metrics=not args.no_system_metrics,
+        )
+    except EemlflowError as e:
+        console.print(f"eemlflow: error: {e}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        console.print("eemlflow: interrupted: the run was ended KILLED with the energy measured so far")
+        return EXIT_INTERRUPTED
+    if outcome.status != "FINISHED":
+        console.print(f"eemlflow: training failed: {outcome.error} (run {outcome.run_id} marked {outcome.status})",
+                      highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    last = outcome.epochs[-1]
+    energy = outcome.energy
+    console.print(
+        f"done: run {outcome.run_id}  top1 {last.eval_top1:.2f} %  "
+        + (f"energy {energy.energy_consumed * 1000:.3f} Wh ({energy.energy_consumed:.3g} kWh), "
+           f"{energy.emissions * 1000:.3g} g CO2-eq in {energy.duration:.1f} s" if energy else "energy not measured"),
+        highlight=False, soft_wrap=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Shared fixtures: a fresh sqlite MLflow store per test and a way to run the real command lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A tracking URI for an empty sqlite store in this test's folder."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def cli_env(tracking_uri: str | None = None) -> dict[str, str]:
+    """The environment a user's shell would give: this venv's python first on PATH, repo importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO)
+    env["GIT_PYTHON_REFRESH"] = "quiet"
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def run_cli(args: list[str], tracking_uri: str | None = None, cwd: Path | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m <args>`` as a user would and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd or REPO, env=cli_env(tracking_uri), capture_output=True,
+        text=True, timeout=timeout,
+    )
