@@ -112,11 +112,6 @@ def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device) -> Rec
         data.eval, is_training=False, interpolation=data_cfg["interpolation"], crop_pct=data_cfg["crop_pct"],
         **common,
     )
-    if len(train_loader) == 0:
-        raise EemlflowError(
-            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images of {data.name}: "
-            "the recipe drops the last partial batch, so nothing would train; use a smaller batch_size"
-        )
     optimizer = create_optimizer_v2(
         model, opt="sgd", lr=cfg.base_lr, weight_decay=WEIGHT_DECAY, momentum=MOMENTUM
     )

@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Protocol
 
 from eemlflow.config import TrainConfig
 from eemlflow.data import load_data
+from eemlflow.errors import EemlflowError
 from eemlflow.energy import EmissionsData, EnergyMonitor, EnergyReading, suspicions
 from eemlflow.loop import EpochResult, build_recipe, resolve_device, run_epochs
 from eemlflow.models import check_model_name
@@ -65,6 +66,11 @@ def train_run(
     check_model_name(cfg.model)
     device = resolve_device(cfg.device)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.download)
+    if cfg.batch_size > len(data.train):
+        raise EemlflowError(
+            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images of {data.name}: "
+            "the recipe drops the last partial batch, so nothing would train; use a smaller batch_size"
+        )
     client = connect(tracking_uri)
 
     run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics)

@@ -68,6 +68,16 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def experiment_id_for(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if needed (no fluent state: it goes stale across stores)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise EemlflowError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore) or pick another name")
+    return experiment.experiment_id
+
+
 class TrainingRun:
     """One MLflow run holding one row of the study's CSV, its per-epoch history and its provenance."""
 
@@ -79,9 +89,11 @@ class TrainingRun:
     def open(cls, client: MlflowClient, cfg: TrainConfig, experiment_name: str = DEFAULT_EXPERIMENT,
              system_metrics: bool = True) -> "TrainingRun":
         """Resume ``mlflow run``'s run if there is one, else start a new run in ``experiment_name``."""
+        experiment_id = None
         if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            mlflow.set_experiment(experiment_name)
-        active = mlflow.start_run(run_name=cfg.run_name, log_system_metrics=system_metrics)
+            experiment_id = experiment_id_for(client, experiment_name)
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name,
+                                  log_system_metrics=system_metrics)
         run = cls(client, active.info.run_id)
         client.set_tag(run.run_id, "mlflow.runName", cfg.run_name)
         return run
