@@ -1,0 +1,213 @@
+"""Export and ingest against real MLflow stores: sqlite files and a live `mlflow server` over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from eemlflow import schema
+from eemlflow.config import TrainConfig
+from eemlflow.export import collect_rows, write_csv
+from eemlflow.ingest import ingest, read_csv
+from eemlflow.runner import train_run
+from eemlflow.tracking import connect
+from conftest import cli_env, run_cli
+
+
+def study_rows(n: int) -> list[dict[str, str]]:
+    """Rows in the study's schema with the awkward values the published CSV has."""
+    rows = []
+    for i in range(n):
+        energy = [1.5e-05 * (i + 1), 0.0123 * (i + 1), 7.25e-4 * (i + 1)]
+        rows.append({
+            "timestamp": f"2025-03-{1 + i % 28:02d}T{i % 24:02d}:15:{i % 60:02d}",
+            "project_name": "ee-training",
+            "run_id": f"{i:08d}-aaaa-bbbb-cccc-{i:012d}",
+            "experiment_id": f"{9000 + i % 3}",
+            "experiment_name": ["study-é", "study-β", "study-plain"][i % 3],
+            "model": ["resnet18", "efficientnet_b0", "vit_base_patch16_224"][i % 3],
+            "dataset": ["cifar10", "cifar100"][i % 2],
+            "epochs": str([50, 75, 100][i % 3]),
+            "batch_size": str([32, 64, 128][i % 3]),
+            "duration": repr(1234.5678 + i),
+            "emissions": f"{3.1e-3 * (i + 1):.6e}",
+            "emissions_rate": "2.5e-06",
+            "cpu_power": "42.5", "gpu_power": repr(379.123456789 + i), "ram_power": "20.0",
+            "cpu_energy": repr(energy[0]), "gpu_energy": repr(energy[1]), "ram_energy": repr(energy[2]),
+            "energy_consumed": repr(sum(energy)),
+            "country_name": "Côte d'Ivoire" if i % 5 == 0 else "France",
+            "country_iso_code": "CIV" if i % 5 == 0 else "FRA",
+            "region": "" if i % 2 else "île-de-france",
+            "cloud_provider": "", "cloud_region": "",
+            "os": "Linux-5.15.0-x86_64-with-glibc2.35", "python_version": "3.10.12", "codecarbon_version": "2.3.4",
+            "cpu_count": "32", "cpu_model": "AMD EPYC™ 7543 32-Core Processor",
+            "gpu_count": "1", "gpu_model": "1 x NVIDIA A100-SXM4-80GB",
+            "longitude": "" if i % 4 else "2.3522", "latitude": "" if i % 4 else "48.8566",
+            "ram_total_size": "503.5", "tracking_mode": "machine", "on_cloud": "N", "pue": "1.0",
+            "train_loss": repr(1.0 / (i + 2)), "eval_loss": "", "eval_top1": repr(90 + i / 7),
+            "eval_top5": "99.87", "lr": ["0.0125", "0.025", "0.05"][i % 3],
+        })
+    return sorted(rows, key=lambda r: (r["timestamp"], r["run_id"]))
+
+
+def write_rows(path: Path, rows: list[dict], header=schema.COLUMN_NAMES) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(header))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def typed(path: Path) -> list[dict]:
+    """Every cell as its column's type (None when empty), to compare values rather than spellings."""
+    with path.open(newline="", encoding="utf-8") as f:
+        return [{k: schema.coerce(v, schema.BY_NAME[k]) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_round_trip_gives_the_file_back_value_for_value(store, tmp_path):
+    source = write_rows(tmp_path / "study.csv", study_rows(60))
+    client = connect(store)
+    assert ingest(client, read_csv(source)) == (60, 0)
+    out = tmp_path / "out.csv"
+    write_csv(collect_rows(client), out)
+    assert out.read_text(encoding="utf-8").splitlines()[0] == ",".join(schema.COLUMN_NAMES)
+    assert typed(out) == typed(source)
+
+
+def test_ingesting_twice_adds_nothing(store, tmp_path):
+    source = write_rows(tmp_path / "study.csv", study_rows(6))
+    result = run_cli(["eemlflow.ingest", str(source)], tracking_uri=store)
+    assert result.returncode == 0 and "6 runs added" in result.stderr, result.stderr
+    again = run_cli(["eemlflow.ingest", str(source)], tracking_uri=store)
+    assert again.returncode == 0 and "0 runs added, 6 already present" in again.stderr, again.stderr
+    assert len(collect_rows(MlflowClient(store))) == 6
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda rows, header: (rows, [h for h in header if h != "gpu_energy"]), r":1: wrong header: missing columns gpu_energy"),
+    (lambda rows, header: (rows, [*header, "colour"]), r":1: wrong header: unknown columns colour"),
+    (lambda rows, header: ([*rows[:3], {**rows[3], "epochs": "fifty"}], header), r":5: column epochs: 'fifty' is not an integer"),
+    (lambda rows, header: ([*rows[:2], {**rows[2], "gpu_energy": "1,5"}], header), r":4: column gpu_energy: '1,5' is not a number"),
+    (lambda rows, header: ([*rows, rows[1]], header), r":6: column run_id: '.*' repeats line 3"),
+])
+def test_a_bad_file_imports_nothing_and_names_line_and_column(store, tmp_path, mutate, message):
+    rows, header = mutate(study_rows(4), list(schema.COLUMN_NAMES))
+    path = tmp_path / "bad.csv"
+    write_rows(path, [{k: r.get(k, "") for k in header} for r in rows], header)
+    result = run_cli(["eemlflow.ingest", str(path)], tracking_uri=store)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    if (tmp_path / "mlflow.db").exists():
+        assert len(collect_rows(MlflowClient(store), statuses=("FINISHED", "RUNNING"))) == 0
+
+
+def test_codecarbons_own_emissions_csv_is_accepted(store, tmp_path):
+    from codecarbon import OfflineEmissionsTracker
+
+    tracker = OfflineEmissionsTracker(country_iso_code="FRA", output_dir=str(tmp_path), log_level="error",
+                                      measure_power_secs=1)
+    tracker.start()
+    time.sleep(1.2)
+    tracker.stop()
+    result = run_cli(["eemlflow.ingest", str(tmp_path / "emissions.csv")], tracking_uri=store)
+    assert result.returncode == 0 and "CodeCarbon emissions.csv): 1 runs added" in result.stderr, result.stderr
+    [row] = collect_rows(MlflowClient(store)).to_dict("records")
+    assert row["experiment_name"] == "codecarbon-import" and row["country_iso_code"] == "FRA"
+    assert row["energy_consumed"] > 0 and row["model"] is None and row["eval_top1"] is None
+
+
+def test_export_of_trained_runs_skips_non_rows_and_filters_status(store, tmp_path):
+    cfg = TrainConfig(dataset="digits", epochs=1, img_size=32, workers=0, batch_size=64)
+    outcome = train_run(cfg, tracking_uri=store, experiment_name="trained", system_metrics=False)
+    client = MlflowClient(store)
+    parent = client.create_run(client.get_experiment_by_name("trained").experiment_id)  # e.g. a sweep's parent
+    client.set_terminated(parent.info.run_id)
+    killed = tmp_path / "k.csv"
+    write_rows(killed, study_rows(1))
+    ingest(client, read_csv(killed), experiment="trained")
+    killed_id = client.search_runs([parent.info.experiment_id], "tags.`eemlflow.row` = 'ingested'")[0].info.run_id
+    client.set_terminated(killed_id, "KILLED")
+
+    out = tmp_path / "Dataset" / "training_energy.csv"
+    result = run_cli(["eemlflow.export", "--experiment", "trained", "--output", str(out)], tracking_uri=store)
+    assert result.returncode == 0, result.stderr
+    assert "1 rows" in result.stderr and "total energy" in result.stderr
+    [row] = typed(out)
+    assert row["run_id"] == outcome.run_id and row["epochs"] == 1 and row["energy_consumed"] > 0
+
+    extras = run_cli(["eemlflow.export", "--experiment", "trained", "--status", "KILLED", "--with-extras",
+                      "--output", "-"], tracking_uri=store)
+    frame = pd.read_csv(io.StringIO(extras.stdout), keep_default_na=False)
+    assert list(frame.columns[:42]) == list(schema.COLUMN_NAMES)
+    assert sorted(frame["status"]) == ["FINISHED", "KILLED"]
+    assert frame.loc[frame.status == "FINISHED", "mode"].item() == "faithful"
+
+    missing = run_cli(["eemlflow.export", "--experiment", "nope", "--output", str(out)], tracking_uri=store)
+    assert missing.returncode == 2 and "no experiment named 'nope'" in missing.stderr
+
+
+def test_a_failed_export_leaves_the_previous_csv_intact(store, tmp_path, monkeypatch):
+    client = connect(store)
+    ingest(client, read_csv(write_rows(tmp_path / "s.csv", study_rows(5))))
+    out = tmp_path / "training_energy.csv"
+    write_csv(collect_rows(client), out)
+    before = out.read_bytes()
+
+    def disk_full(self, f, **kwargs):  # a fake: a full disk cannot be caused here for real
+        f.write("timestamp,project_name,run_id\n2025")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(OSError):
+        write_csv(collect_rows(client), out)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_export_and_ingest_through_a_live_mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        start_new_session=True,  # its own process group: the server's uvicorn worker stops with it
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        source = write_rows(tmp_path / "study.csv", study_rows(8))
+        assert run_cli(["eemlflow.ingest", str(source), "--tracking-uri", uri]).returncode == 0
+        out = tmp_path / "out.csv"
+        result = run_cli(["eemlflow.export", "--tracking-uri", uri, "--output", str(out)])
+        assert result.returncode == 0, result.stderr
+        assert typed(out) == typed(source)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
