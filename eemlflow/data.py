@@ -96,19 +96,26 @@ def load_data(name: str, data_dir: str | Path = "data", download: bool = False) 
     raise EemlflowError(f"unknown dataset {name!r}: choose one of cifar10, cifar100, digits, synthetic")
 
 
-def _load_cifar(layout: CifarLayout, name: str, data_dir: Path, download: bool) -> ImageData:
-    folder = data_dir / layout.folder
-    needed = (*layout.train_files, layout.test_file)
-    missing = [f for f in needed if not (folder / f).is_file()]
-    if missing and download:
-        _download_cifar(name, data_dir)
-        missing = [f for f in needed if not (folder / f).is_file()]
+def check_available(name: str, data_dir: str | Path = "data", download: bool = False) -> None:
+    """Raise ``EemlflowError`` naming the missing files when a dataset cannot be loaded (cheap: no reading)."""
+    layout = CIFAR.get(name)
+    if layout is None or download:
+        return
+    folder = Path(data_dir) / layout.folder
+    missing = [f for f in (*layout.train_files, layout.test_file) if not (folder / f).is_file()]
     if missing:
         raise EemlflowError(
             f"{layout.title} files missing in {folder}: {', '.join(missing)}. Download {layout.archive} from "
             f"{CIFAR_URL} and extract it into {data_dir}/, or add -P download=true (--download) on a machine "
             "with internet access"
         )
+
+
+def _load_cifar(layout: CifarLayout, name: str, data_dir: Path, download: bool) -> ImageData:
+    folder = data_dir / layout.folder
+    if download and not all((folder / f).is_file() for f in (*layout.train_files, layout.test_file)):
+        _download_cifar(name, data_dir)
+    check_available(name, data_dir)
     train = [_read_batch(folder / f, layout.label_key) for f in layout.train_files]
     test = _read_batch(folder / layout.test_file, layout.label_key)
     images = np.concatenate([b[0] for b in train])

@@ -1,0 +1,72 @@
+"""Exporter vs bare ``mlflow.search_runs`` over the same runs, and ingest throughput, in one process.
+
+    python benchmarks/export_bench.py [--runs 5000] [--repeats 3]
+
+Fills a fresh sqlite store (in a temporary folder) with N full-schema runs through the ingester, then times
+(a) ``mlflow.search_runs`` returning every run as a DataFrame and (b) the exporter building and writing the
+42-column CSV. Prints best-of-repeats times and the ratio (target: exporter <= 1.2x bare search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import mlflow  # noqa: E402
+
+from eemlflow import schema  # noqa: E402
+from eemlflow.export import collect_rows, write_csv  # noqa: E402
+from eemlflow.ingest import ingest, read_csv  # noqa: E402
+from eemlflow.tracking import connect  # noqa: E402
+from test_export_ingest import study_rows  # noqa: E402  (the same awkward rows the round-trip test uses)
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "study.csv"
+        rows = study_rows(args.runs)
+        for row in rows:
+            row["experiment_name"] = "bench"
+        with source.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(schema.COLUMN_NAMES))
+            writer.writeheader()
+            writer.writerows(rows)
+        client = connect(f"sqlite:///{tmp}/bench.db")
+        start = time.perf_counter()
+        added, _ = ingest(client, read_csv(source))
+        ingest_s = time.perf_counter() - start
+        experiment_id = client.get_experiment_by_name("bench").experiment_id
+
+        bare = best_of(args.repeats, lambda: mlflow.search_runs([experiment_id], max_results=50_000))
+        out = Path(tmp) / "out.csv"
+        export = best_of(args.repeats, lambda: write_csv(collect_rows(client, ["bench"]), out))
+        exported = sum(1 for _ in out.open(encoding="utf-8")) - 1
+    print(f"runs                       {added}")
+    print(f"ingest                     {ingest_s:.1f} s  ({added / ingest_s:.0f} rows/s)")
+    print(f"bare mlflow.search_runs    {bare:.3f} s")
+    print(f"exporter (search + CSV)    {export:.3f} s  ({exported} rows)")
+    print(f"ratio exporter / bare      {export / bare:.2f}x  (target <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()

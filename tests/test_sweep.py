@@ -1,0 +1,98 @@
+"""Sweeps over real (tiny) timm models on digits, each cell its own training process, into a sqlite store."""
+
+from __future__ import annotations
+
+import textwrap
+
+from mlflow.tracking import MlflowClient
+
+from eemlflow.sweep import CELL_TAG, load_grid
+from conftest import REPO, run_cli
+
+GRID = """
+name: tiny
+experiment: tiny-sweep
+settings: {dataset: digits, epochs: 1, img_size: 32, workers: 0, measure_power_secs: 5}
+grid:
+  - {model: [test_resnet, test_efficientnet], batch_size: [32, 64]}
+"""
+
+
+def runs(store: str, experiment: str):
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID)
+    first = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "4 trained, 0 already done" in first.stderr
+    all_runs = runs(store, "tiny-sweep")
+    [parent] = [r for r in all_runs if CELL_TAG not in r.data.tags]
+    children = [r for r in all_runs if CELL_TAG in r.data.tags]
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert sorted(r.info.run_name for r in children) == [
+        "test_efficientnet-digits-e1-b32", "test_efficientnet-digits-e1-b64",
+        "test_resnet-digits-e1-b32", "test_resnet-digits-e1-b64"]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep_done"] == 4
+    assert parent.data.metrics["sweep_energy_kwh"] > 0
+
+    dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
+    assert "4 cells: 4 done, 0 failed, 0 pending" in dry.stdout, dry.stdout + dry.stderr
+
+    again = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
+    assert again.returncode == 0 and "0 trained, 4 already done" in again.stderr, again.stderr[-2000:]
+    assert len(runs(store, "tiny-sweep")) == 5  # the same parent, reopened; no new child
+
+
+def test_a_failing_cell_is_retried_then_reported(store, tmp_path):
+    data = tmp_path / "data" / "cifar-10-batches-py"
+    data.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (data / name).write_bytes(b"this is not a pickled CIFAR batch")
+    grid = tmp_path / "broken.yaml"
+    grid.write_text(textwrap.dedent(f"""
+        name: broken
+        settings: {{epochs: 1, img_size: 32, workers: 0, data_dir: "{tmp_path / 'data'}"}}
+        grid:
+          - {{model: test_resnet, dataset: cifar10, batch_size: 16}}
+    """))
+    result = run_cli(["eemlflow.sweep", str(grid), "--retries", "1"], tracking_uri=store, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "1 retries, 1 failed: test_resnet-cifar10-e1-b16" in result.stderr, result.stderr[-2000:]
+    assert "is not a CIFAR batch" in result.stderr  # the child's own error line, shown in the report
+    children = [r for r in runs(store, "broken") if CELL_TAG in r.data.tags]
+    assert sorted(r.data.tags["eemlflow.attempt"] for r in children) == ["1", "2"]
+    assert {r.info.status for r in children} == {"FAILED"}
+    [parent] = [r for r in runs(store, "broken") if CELL_TAG not in r.data.tags]
+    assert parent.info.status == "FAILED"
+
+
+def test_an_invalid_grid_is_refused_before_any_training(store, tmp_path):
+    grid = tmp_path / "bad.yaml"
+    grid.write_text("grid:\n  - {model: [resnet18, resnet181], epochs: [1, -3], dataset: digits}\n")
+    result = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "3 bad cells, nothing was trained" in result.stderr
+    assert "model=resnet181, epochs=1" in result.stderr and "did you mean resnet18" in result.stderr
+    assert "model=resnet18, epochs=-3" in result.stderr and "epochs must be a positive integer" in result.stderr
+    assert runs(store, "bad") == []
+
+
+def test_the_studys_grid_has_195_cells_and_filters():
+    grid = load_grid(REPO / "sweeps" / "ee-training.yaml")
+    assert len(grid.cells) == 195
+    assert len(load_grid(REPO / "sweeps" / "ee-training.yaml", only={"model": "resnet18"}).cells) == 18
+    smoke = load_grid(REPO / "sweeps" / "ee-training.yaml", overrides={"epochs": "1"})
+    assert len(smoke.cells) == 69 and {c.config.epochs for c in smoke.cells} == {1}  # 50/75/100 collapse
+
+
+def test_dry_run_of_the_study_lists_195_pending_cells(store, tmp_path):
+    result = run_cli(["eemlflow.sweep", str(REPO / "sweeps" / "ee-training.yaml"), "--dry-run"],
+                     tracking_uri=store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "195 cells: 0 done, 0 failed, 195 pending" in result.stdout
