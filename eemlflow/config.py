@@ -14,6 +14,8 @@ from eemlflow.errors import EemlflowError
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits", "synthetic")
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
+MODES: tuple[str, ...] = ("faithful", "fast")
+DATA_PATHS: tuple[str, ...] = ("cpu", "gpu")
 
 # The study's recipe (timm train.py defaults): lr = BASE_LR_PER_256 x batch_size / 256.
 BASE_LR_PER_256 = 0.1
@@ -36,6 +38,9 @@ class TrainConfig:
     workers: int = 4
     download: bool = False
     measure_power_secs: float = 15.0
+    mode: str = "faithful"
+    data_path: Optional[str] = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "model is empty: give a timm model name, e.g. resnet18")
@@ -53,12 +58,31 @@ class TrainConfig:
         )
         _check(self.workers >= 0, f"workers must be 0 or more, got {self.workers}")
         _check(self.measure_power_secs > 0, f"measure_power_secs must be positive, got {self.measure_power_secs}")
+        _check(self.mode in MODES, f"unknown mode {self.mode!r}: choose faithful (the study's recipe) or fast")
+        _check(
+            self.data_path is None or self.data_path in DATA_PATHS,
+            f"unknown data_path {self.data_path!r}: choose cpu (timm's loader) or gpu (augment on the device)",
+        )
+        _check(
+            not (self.mode == "fast" and self.data_path == "cpu"),
+            "mode=fast uses the GPU data path: leave data_path empty or set it to gpu",
+        )
         _check_country(self.country_iso_code)
 
     @property
     def base_lr(self) -> float:
         """The learning rate the run uses: the given one, else the study's linear scaling rule."""
         return self.lr if self.lr is not None else BASE_LR_PER_256 * self.batch_size / 256
+
+    @property
+    def resolved_data_path(self) -> str:
+        """``cpu`` (timm's loader) for the faithful mode, ``gpu`` (augmentation on the device) for fast."""
+        return self.data_path or ("gpu" if self.mode == "fast" else "cpu")
+
+    @property
+    def precision(self) -> str:
+        """fp32 (TF32 matmuls on GPU) as in the study; bf16 autocast in fast mode."""
+        return "bf16" if self.mode == "fast" else "fp32"
 
     @property
     def run_name(self) -> str:

@@ -13,6 +13,7 @@ caller measures and logs around it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -27,6 +28,7 @@ from timm.utils import accuracy, random_seed
 from eemlflow.config import TrainConfig
 from eemlflow.data import ImageData
 from eemlflow.errors import EemlflowError
+from eemlflow.gpu_data import DeviceLoader
 from eemlflow.models import create_model
 
 # timm train.py defaults that make up the study's recipe.
@@ -73,6 +75,13 @@ class Recipe:
     epochs: int
     input_size: tuple[int, int, int]
     num_classes: int
+    precision: str = "fp32"
+
+    def autocast(self):
+        """bf16 autocast in fast mode; a no-op context in the study's fp32."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,23 +104,13 @@ def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device) -> Rec
         torch.backends.cudnn.benchmark = True
     model = create_model(cfg.model, data.num_classes, cfg.img_size).to(device)
     data_cfg = resolve_data_config({"img_size": cfg.img_size} if cfg.img_size else {}, model=model)
-    common = dict(
-        input_size=data_cfg["input_size"],
-        batch_size=cfg.batch_size,
-        mean=data_cfg["mean"],
-        std=data_cfg["std"],
-        num_workers=cfg.workers,
-        device=device,
-        use_prefetcher=True,
-    )
-    train_loader = create_loader(
-        data.train, is_training=True, hflip=HFLIP, color_jitter=COLOR_JITTER,
-        interpolation=TRAIN_INTERPOLATION, **common,
-    )
-    eval_loader = create_loader(
-        data.eval, is_training=False, interpolation=data_cfg["interpolation"], crop_pct=data_cfg["crop_pct"],
-        **common,
-    )
+    channels_last = cfg.mode == "fast"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.resolved_data_path == "gpu":
+        train_loader, eval_loader = _device_loaders(cfg, data, data_cfg, device, channels_last)
+    else:
+        train_loader, eval_loader = _timm_loaders(cfg, data, data_cfg, device)
     optimizer = create_optimizer_v2(
         model, opt="sgd", lr=cfg.base_lr, weight_decay=WEIGHT_DECAY, momentum=MOMENTUM
     )
@@ -119,8 +118,37 @@ def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device) -> Rec
         optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=WARMUP_EPOCHS, warmup_lr=WARMUP_LR,
         min_lr=MIN_LR, updates_per_epoch=len(train_loader),
     )
+    if cfg.compile:
+        model = torch.compile(model)
     return Recipe(model, train_loader, eval_loader, optimizer, scheduler, device, cfg.epochs,
-                  tuple(data_cfg["input_size"]), data.num_classes)
+                  tuple(data_cfg["input_size"]), data.num_classes, cfg.precision)
+
+
+def _timm_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: torch.device):
+    """timm's own loaders: PIL transforms in worker processes, normalisation in the prefetcher."""
+    common = dict(
+        input_size=data_cfg["input_size"], batch_size=cfg.batch_size, mean=data_cfg["mean"], std=data_cfg["std"],
+        num_workers=cfg.workers, device=device, use_prefetcher=True,
+    )
+    train = create_loader(data.train, is_training=True, hflip=HFLIP, color_jitter=COLOR_JITTER,
+                          interpolation=TRAIN_INTERPOLATION, **common)
+    evaluation = create_loader(data.eval, is_training=False, interpolation=data_cfg["interpolation"],
+                               crop_pct=data_cfg["crop_pct"], **common)
+    return train, evaluation
+
+
+def _device_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: torch.device, channels_last: bool):
+    """The same transforms done batch-wise on the device (``eemlflow.gpu_data``)."""
+    common = dict(
+        batch_size=cfg.batch_size, input_size=tuple(data_cfg["input_size"]), mean=data_cfg["mean"],
+        std=data_cfg["std"], crop_pct=data_cfg["crop_pct"], device=device, seed=cfg.seed,
+        channels_last=channels_last,
+    )
+    train = DeviceLoader(data.train.images, data.train.labels, is_training=True, hflip=HFLIP,
+                         color_jitter=COLOR_JITTER, **common)
+    evaluation = DeviceLoader(data.eval.images, data.eval.labels, is_training=False,
+                              eval_interpolation=data_cfg["interpolation"], **common)
+    return train, evaluation
 
 
 BatchCallback = Callable[[int, int, Optional[float]], None]  # (batch index, batches, loss or None)
@@ -151,7 +179,8 @@ def _train_epoch(recipe: Recipe, loss_fn, updates: int, on_batch: Optional[Batch
     batches = len(recipe.train_loader)
     start = time.perf_counter()
     for i, (x, y) in enumerate(recipe.train_loader):
-        loss = loss_fn(recipe.model(x), y)
+        with recipe.autocast():
+            loss = loss_fn(recipe.model(x), y)
         recipe.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         recipe.optimizer.step()
@@ -175,7 +204,9 @@ def _evaluate(recipe: Recipe, loss_fn) -> tuple[float, float, float]:
     n = 0
     k = min(5, recipe.num_classes)
     for x, y in recipe.eval_loader:
-        out = recipe.model(x)
+        with recipe.autocast():
+            out = recipe.model(x)
+        out = out.float()
         acc1, acc5 = accuracy(out, y, topk=(1, k))
         b = x.shape[0]
         loss_sum = loss_sum + loss_fn(out, y) * b

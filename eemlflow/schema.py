@@ -111,7 +111,8 @@ EXTRAS: tuple[Column, ...] = (
     Column("avg_power_w", "metric", float, "W", "energy_consumed / duration"),
     Column("energy_wh", "metric", float, "Wh", "energy_consumed in Wh"),
     Column("mode", "param", str, doc="faithful (the study's recipe) or fast"),
-    Column("data_path", "param", str, doc="cpu (timm's loader) or gpu"),
+    # The launcher owns the raw `data_path` param (empty = by mode): the path actually used is `resolved_data_path`.
+    Column("data_path", "param", str, doc="cpu (timm's loader) or gpu", mlflow_key="resolved_data_path"),
     Column("precision", "param", str, doc="fp32, or bf16 in fast mode"),
     # The launcher owns the `device` param (auto/cuda/cpu): the device actually used is `resolved_device`.
     Column("device", "param", str, doc="the torch device trained on", mlflow_key="resolved_device"),

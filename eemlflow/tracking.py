@@ -108,9 +108,8 @@ class TrainingRun:
             "base_lr": schema.format_value(cfg.base_lr),
             "input_size": "x".join(str(s) for s in input_size),
             "num_classes": str(data.num_classes),
-            "mode": "faithful",
-            "data_path": "cpu",
-            "precision": "fp32",
+            "resolved_data_path": cfg.resolved_data_path,
+            "precision": cfg.precision,
             "resolved_device": device,
         })
         tags = {

@@ -31,6 +31,9 @@ def test_base_lr_follows_the_study_rule_unless_given():
     ({"country_iso_code": "Mars"}, "ISO 3166 alpha-3"),
     ({"download": "maybe"}, "download must be true or false"),
     ({"colour": "red"}, "unknown setting 'colour'"),
+    ({"mode": "turbo"}, "unknown mode 'turbo'"),
+    ({"data_path": "disk"}, "unknown data_path 'disk'"),
+    ({"mode": "fast", "data_path": "cpu"}, "mode=fast uses the GPU data path"),
 ])
 def test_bad_values_are_one_clear_error(raw, message):
     with pytest.raises(EemlflowError, match=message):

@@ -59,11 +59,27 @@ def test_mlflow_run_puts_every_study_column_on_the_run(store, tmp_path):
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"digits-training", "digits-eval"}
 
 
-def test_a_small_model_learns_digits(store):
-    cfg = TrainConfig(model="resnet18", dataset="digits", epochs=10, batch_size=32, lr=0.2, img_size=32, workers=0)
-    outcome = train_run(cfg, tracking_uri=store, system_metrics=False)
+LEARNS = TrainConfig(model="resnet18", dataset="digits", epochs=10, batch_size=32, lr=0.2, img_size=32, workers=0)
+
+
+@pytest.fixture(scope="module")
+def faithful_digits(tmp_path_factory):
+    store = f"sqlite:///{tmp_path_factory.mktemp('learn') / 'mlflow.db'}"
+    return train_run(LEARNS, tracking_uri=store, system_metrics=False)
+
+
+def test_a_small_model_learns_digits(faithful_digits):
+    assert faithful_digits.status == "FINISHED"
+    assert faithful_digits.epochs[-1].eval_top1 >= 90, [round(e.eval_top1, 1) for e in faithful_digits.epochs]
+
+
+def test_fast_mode_learns_as_well_and_says_so(faithful_digits, store):
+    outcome = train_run(LEARNS.replace(mode="fast"), tracking_uri=store, system_metrics=False)
     assert outcome.status == "FINISHED"
-    assert outcome.epochs[-1].eval_top1 >= 90, [round(e.eval_top1, 1) for e in outcome.epochs]
+    assert abs(outcome.epochs[-1].eval_top1 - faithful_digits.epochs[-1].eval_top1) <= 5
+    _, run = only_run(store)
+    params = run.data.params
+    assert (params["mode"], params["resolved_data_path"], params["precision"]) == ("fast", "gpu", "bf16")
 
 
 class _FailingReporter:
