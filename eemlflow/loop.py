@@ -154,14 +154,29 @@ def _device_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: t
 BatchCallback = Callable[[int, int, Optional[float]], None]  # (batch index, batches, loss or None)
 
 
+def train_loss_fn() -> torch.nn.Module:
+    """timm train.py's training loss without mixup: cross-entropy with label smoothing 0.1."""
+    return LabelSmoothingCrossEntropy(smoothing=LABEL_SMOOTHING)
+
+
+def train_step(recipe: Recipe, loss_fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimisation step (forward under the recipe's precision, backward, SGD); returns the loss."""
+    with recipe.autocast():
+        loss = loss_fn(recipe.model(x), y)
+    recipe.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    recipe.optimizer.step()
+    return loss
+
+
 def run_epochs(recipe: Recipe, on_batch: Optional[BatchCallback] = None) -> Iterator[EpochResult]:
     """Train and evaluate epoch by epoch, yielding after each; the schedule steps once per epoch."""
-    train_loss_fn = LabelSmoothingCrossEntropy(smoothing=LABEL_SMOOTHING).to(recipe.device)
+    loss_fn = train_loss_fn().to(recipe.device)
     eval_loss_fn = torch.nn.CrossEntropyLoss().to(recipe.device)
     updates = 0
     for epoch in range(recipe.epochs):
         lr = _mean_lr(recipe.optimizer)
-        loss, images, seconds, updates = _train_epoch(recipe, train_loss_fn, updates, on_batch)
+        loss, images, seconds, updates = _train_epoch(recipe, loss_fn, updates, on_batch)
         eval_loss, top1, top5 = _evaluate(recipe, eval_loss_fn)
         recipe.scheduler.step(epoch + 1)
         yield EpochResult(epoch, loss, eval_loss, top1, top5, lr, images, seconds)
@@ -179,11 +194,7 @@ def _train_epoch(recipe: Recipe, loss_fn, updates: int, on_batch: Optional[Batch
     batches = len(recipe.train_loader)
     start = time.perf_counter()
     for i, (x, y) in enumerate(recipe.train_loader):
-        with recipe.autocast():
-            loss = loss_fn(recipe.model(x), y)
-        recipe.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        recipe.optimizer.step()
+        loss = train_step(recipe, loss_fn, x, y)
         updates += 1
         recipe.scheduler.step_update(num_updates=updates)
         total += loss.detach() * x.shape[0]
