@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eemlflow import schema
+from eemlflow.cli import print_error
 from eemlflow.errors import EemlflowError
 
 DEFAULT_OUTPUT = Path("Dataset/image_classification/training_energy.csv")
@@ -153,11 +153,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         frame = collect_rows(client, args.experiment, dict.fromkeys(s.upper() for s in statuses), args.with_extras)
         write_csv(frame, args.output)
     except EemlflowError as e:
-        console.print(f"eemlflow: error: {e}", highlight=False, soft_wrap=True)
-        return 2
+        return print_error(console, e)
     except OSError as e:
-        console.print(f"eemlflow: error: cannot write {args.output}: {e.strerror or e}", highlight=False)
-        return 2
+        return print_error(console, f"cannot write {args.output}: {e.strerror or e}")
     summary(frame, args.output, console)
     return 0
 

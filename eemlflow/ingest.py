@@ -17,10 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus
 from rich.console import Console
 
 from eemlflow import schema
+from eemlflow.cli import print_error
 from eemlflow.errors import EemlflowError
 
 DEFAULT_CODECARBON_EXPERIMENT = "codecarbon-import"
@@ -184,8 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         added, skipped = ingest(client, parsed, args.experiment)
         seconds = time.perf_counter() - start
     except EemlflowError as e:
-        console.print(f"eemlflow: error: {e}", highlight=False, soft_wrap=True)
-        return 2
+        return print_error(console, e)
     kind = "CodeCarbon emissions.csv" if parsed.codecarbon_format else "study CSV"
     console.print(f"{args.path} ({kind}): {added} runs added, {skipped} already present "
                   f"({added / seconds if seconds and added else 0:.0f} rows/s)", highlight=False)

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
 from eemlflow.config import TrainConfig
 from eemlflow.data import check_available
 from eemlflow.errors import EemlflowError
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 EXECUTION_ONLY = ("data_dir", "workers", "download")  # settings that do not change a cell's result
 CELL_TAG = "eemlflow.cell_id"
 SWEEP_TAG = "eemlflow.sweep_id"
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 @dataclass(frozen=True)
@@ -370,8 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_data(grid)
         experiment_id, parent_id = open_parent(client, grid, args.experiment)
     except EemlflowError as e:
-        console.print(f"eemlflow: error: {e}", highlight=False, soft_wrap=True)
-        return EXIT_USAGE
+        return print_error(console, e)
     sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus, console)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     status = "FAILED"

@@ -14,11 +14,10 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
+from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
 from eemlflow.config import TrainConfig
 from eemlflow.errors import EemlflowError
-from eemlflow.progress import RichReporter, format_energy
-
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+from eemlflow.progress import RichReporter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             system_metrics=not args.no_system_metrics,
         )
     except EemlflowError as e:
-        console.print(f"eemlflow: error: {e}", highlight=False, soft_wrap=True)
-        return EXIT_USAGE
+        return print_error(console, e)
     except KeyboardInterrupt:
         console.print("eemlflow: interrupted: the run was ended KILLED with the energy measured so far")
         return EXIT_INTERRUPTED

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 
 from mlflow.tracking import MlflowClient
 
 from eemlflow.sweep import CELL_TAG, load_grid
-from conftest import REPO, run_cli
+from conftest import REPO, cli_env, run_cli
 
 GRID = """
 name: tiny
@@ -27,7 +31,8 @@ def runs(store: str, experiment: str):
 def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
     grid = tmp_path / "tiny.yaml"
     grid.write_text(GRID)
-    first = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
+    # Two slots: on this GPU-less machine the children train on the CPU, two at a time.
+    first = run_cli(["eemlflow.sweep", str(grid), "--gpus", "0,1"], tracking_uri=store, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "4 trained, 0 already done" in first.stderr
     all_runs = runs(store, "tiny-sweep")
@@ -39,6 +44,8 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
         "test_efficientnet-digits-e1-b32", "test_efficientnet-digits-e1-b64",
         "test_resnet-digits-e1-b32", "test_resnet-digits-e1-b64"]
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep_done"] == 4
+    spans = sorted((r.info.start_time, r.info.end_time) for r in children)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two cells ran at once
     assert parent.data.metrics["sweep_energy_kwh"] > 0
 
     dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
@@ -96,3 +103,27 @@ def test_dry_run_of_the_study_lists_195_pending_cells(store, tmp_path):
                      tracking_uri=store, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "195 cells: 0 done, 0 failed, 195 pending" in result.stdout
+
+
+def test_ctrl_c_kills_the_running_cell_and_the_parent_then_resumes(store, tmp_path):
+    grid = tmp_path / "long.yaml"
+    grid.write_text("name: long\nsettings: {dataset: digits, img_size: 32, workers: 0, epochs: 40}\n"
+                    "grid:\n  - {model: test_resnet, batch_size: 32}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid)], cwd=tmp_path, env=cli_env(store),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(store)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until the child has logged an epoch
+        children = [r for r in runs(store, "long") if CELL_TAG in r.data.tags]
+        if children and client.get_metric_history(children[0].info.run_id, "train_loss"):
+            break
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=180)[1]
+    assert proc.returncode == 130, err[-2000:]
+    [child] = [r for r in runs(store, "long") if CELL_TAG in r.data.tags]
+    [parent] = [r for r in runs(store, "long") if CELL_TAG not in r.data.tags]
+    assert (child.info.status, parent.info.status) == ("KILLED", "KILLED")
+    assert child.data.metrics["energy_consumed"] > 0
+    dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
+    assert "1 cells: 0 done, 1 failed, 0 pending" in dry.stdout  # a rerun trains it again

@@ -1,0 +1,13 @@
+"""What every command line shares: how a user error is shown and the exit codes."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def print_error(console: Console, error: object) -> int:
+    """One line, no traceback, the exit code for bad input."""
+    console.print(f"eemlflow: error: {error}", highlight=False, soft_wrap=True)
+    return EXIT_USAGE
