@@ -105,7 +105,7 @@ def train_run(
         outcome.status, outcome.error, interrupted = "KILLED", f"interrupted by {type(e).__name__}", e
     except Exception as e:  # the run must end FAILED with the error, whatever it was
         outcome.status, outcome.error = "FAILED", f"{type(e).__name__}: {e}"
-        log.debug("training failed:\n%s", traceback.format_exc())
+        log.error("training failed:\n%s", traceback.format_exc())
     finally:
         if reporter:
             reporter.end()
@@ -117,7 +117,7 @@ def train_run(
 
 def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutcome, used_gpu: bool) -> None:
     """Log the energy measured so far and end the run; signals are held off until this is done."""
-    with _signals_deferred():
+    with _signals_ignored():
         if monitor is not None:
             final = monitor.stop()
             provenance = monitor.provenance()
@@ -156,15 +156,12 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 @contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """A second Ctrl-C while the run is being closed would leave it RUNNING: hold signals until done."""
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C while the run is being closed would leave it RUNNING: ignore signals until done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pending: list[int] = []
-    def hold(signum, frame):
-        pending.append(signum)
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

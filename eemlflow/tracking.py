@@ -200,9 +200,9 @@ def _description(cfg: TrainConfig, data: ImageData, device: str, input_size: tup
     return (
         f"{cfg.model} trained from scratch on {data.name} ({len(data.train)} train / {len(data.eval)} eval "
         f"images, upscaled to {input_size[-1]} px) for {cfg.epochs} epochs at batch size {cfg.batch_size}, "
-        f"lr {cfg.base_lr:g}, on {device}: timm train.py's recipe (SGD Nesterov, cosine, 5 warmup epochs, "
-        "label smoothing 0.1, fp32), energy by CodeCarbon (offline, "
-        f"country {cfg.country_iso_code})."
+        f"lr {cfg.base_lr:g}, on {device}. Recipe: timm train.py's (SGD Nesterov, cosine, 5 warmup epochs, "
+        f"label smoothing 0.1); mode {cfg.mode}, {cfg.precision}, augmentation on the "
+        f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country_iso_code})."
     )
 
 
