@@ -64,7 +64,7 @@ class RichReporter:
             return
         self._progress.console.print(line, highlight=False)
         self._progress.update(self._epochs, advance=1, info=format_energy(total))
-        self._progress.reset(self._batches)
+        self._progress.reset(self._batches, info="")  # the last epoch's loss and energy would read as current
 
     def end(self) -> None:
         if self._progress is not None:
