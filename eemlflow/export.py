@@ -12,11 +12,14 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:  # for type hints only
+    from mlflow.tracking import MlflowClient
 
 from eemlflow import schema
 from eemlflow.cli import print_error
@@ -27,7 +30,7 @@ STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 PAGE_SIZE = 50_000  # the server's cap per search_runs page
 
 
-def collect_rows(client, experiments: Optional[Sequence[str]] = None, statuses: Iterable[str] = ("FINISHED",),
+def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = None, statuses: Iterable[str] = ("FINISHED",),
                  with_extras: bool = False) -> pd.DataFrame:
     """One row per eemlflow run (trained or ingested) in ``experiments`` (names; all when None).
 
@@ -63,7 +66,7 @@ def collect_rows(client, experiments: Optional[Sequence[str]] = None, statuses: 
     return frame
 
 
-def _experiment_names(client, wanted: Optional[Sequence[str]]) -> dict[str, str]:
+def _experiment_names(client: MlflowClient, wanted: Optional[Sequence[str]]) -> dict[str, str]:
     """Experiment id -> name, for the named experiments (an unknown name is an error) or all of them."""
     if wanted:
         found = {}

@@ -15,10 +15,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from mlflow.entities import Metric, Param, RunStatus
 from rich.console import Console
+
+if TYPE_CHECKING:  # for type hints only
+    from mlflow.tracking import MlflowClient
 
 from eemlflow import schema
 from eemlflow.cli import print_error
@@ -99,7 +102,7 @@ def _kind(col: schema.Column) -> str:
     return "an integer" if col.dtype is int else "a number"
 
 
-def ingest(client, parsed: ParsedFile, experiment: Optional[str] = None) -> tuple[int, int]:
+def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] = None) -> tuple[int, int]:
     """Create one FINISHED run per row not already ingested; returns (added, skipped)."""
     from eemlflow.tracking import experiment_id_for
 
@@ -121,7 +124,7 @@ def ingest(client, parsed: ParsedFile, experiment: Optional[str] = None) -> tupl
     return added, skipped
 
 
-def _ingested_ids(client, experiment_id: str) -> set[str]:
+def _ingested_ids(client: MlflowClient, experiment_id: str) -> set[str]:
     ids, token = set(), None
     while True:
         page = client.search_runs([experiment_id], filter_string=f"tags.`{schema.SOURCE_RUN_ID_TAG}` LIKE '%'",
@@ -132,7 +135,7 @@ def _ingested_ids(client, experiment_id: str) -> set[str]:
             return ids
 
 
-def _create_run(client, experiment_id: str, row: dict) -> None:
+def _create_run(client: MlflowClient, experiment_id: str, row: dict) -> None:
     """Three calls per row: create (with tags), one log_batch (params and metrics), terminate."""
     params, metrics, tags = schema.to_mlflow(row, schema.COLUMNS + schema.EXTRAS)
     start_ms, end_ms = _times(row)

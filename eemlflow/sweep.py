@@ -26,12 +26,15 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+if TYPE_CHECKING:  # for type hints only
+    from mlflow.tracking import MlflowClient
 
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
 from eemlflow.config import TrainConfig
@@ -140,7 +143,7 @@ def check_data(grid: Grid) -> None:
         check_available(dataset, data_dir, download)
 
 
-def cell_states(client, experiment_id: str) -> dict[str, str]:
+def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, str]:
     """cell_id -> "done" (a FINISHED run exists) or "failed" (only FAILED/KILLED runs); absent = pending."""
     states: dict[str, str] = {}
     token = None
@@ -186,7 +189,7 @@ class Tally:
 class Sweep:
     """Runs the pending cells of a grid under one parent run, one per slot at a time."""
 
-    def __init__(self, client, grid: Grid, experiment_id: str, parent_id: str, tracking_uri: str,
+    def __init__(self, client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, tracking_uri: str,
                  retries: int = 1, gpus: Sequence[str] = (), console: Optional[Console] = None) -> None:
         self.client, self.grid, self.experiment_id, self.parent_id = client, grid, experiment_id, parent_id
         self.tracking_uri, self.retries = tracking_uri, retries
@@ -306,7 +309,7 @@ def _last_line(path: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def open_parent(client, grid: Grid, experiment: Optional[str]) -> tuple[str, str]:
+def open_parent(client: MlflowClient, grid: Grid, experiment: Optional[str]) -> tuple[str, str]:
     """(experiment id, parent run id): ``mlflow run``'s run if launched so, else this grid's earlier parent
     (reopened, so a resumed sweep stays one parent), else a new one."""
     from eemlflow.tracking import experiment_id_for
@@ -324,7 +327,7 @@ def open_parent(client, grid: Grid, experiment: Optional[str]) -> tuple[str, str
     return experiment_id, run.info.run_id
 
 
-def dry_run(client, grid: Grid, experiment_id: Optional[str], console: Console) -> None:
+def dry_run(client: MlflowClient, grid: Grid, experiment_id: Optional[str], console: Console) -> None:
     states = cell_states(client, experiment_id) if experiment_id else {}
     table = Table(title=f"sweep {grid.name}: {len(grid.cells)} cells")
     for name in ("#", "model", "dataset", "epochs", "batch_size", "state"):
@@ -389,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return EXIT_FAILED if tally.failed else 0
 
 
-def _close_parent(client, grid: Grid, experiment_id: str, parent_id: str, status: str) -> None:
+def _close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, status: str) -> None:
     """The parent's totals cover every FINISHED cell of the grid, from this and earlier invocations."""
     from mlflow.entities import Metric
 
