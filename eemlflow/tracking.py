@@ -78,6 +78,20 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id
 
 
+def _check_run_exists(client: MlflowClient, run_id: str) -> None:
+    """The run ``mlflow run`` handed over must be in the store we write to, else the two disagree on the URI."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise EemlflowError(
+            f"run {run_id} (MLFLOW_RUN_ID, from `mlflow run`) is not in the tracking store at "
+            f"{mlflow.get_tracking_uri()}: the launcher and the training see different stores. A relative "
+            "sqlite:/// path resolves against the project folder; use an absolute one (sqlite:////abs/path.db)"
+        ) from None
+
+
 class TrainingRun:
     """One MLflow run holding one row of the study's CSV, its per-epoch history and its provenance."""
 
@@ -90,7 +104,10 @@ class TrainingRun:
              system_metrics: bool = True) -> "TrainingRun":
         """Resume ``mlflow run``'s run if there is one, else start a new run in ``experiment_name``."""
         experiment_id = None
-        if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        launcher_run = os.environ.get("MLFLOW_RUN_ID")
+        if launcher_run:
+            _check_run_exists(client, launcher_run)
+        elif not os.environ.get("MLFLOW_EXPERIMENT_ID"):
             experiment_id = experiment_id_for(client, experiment_name)
         active = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name,
                                   log_system_metrics=system_metrics)
@@ -178,9 +195,14 @@ class TrainingRun:
         self._log(params=params, metrics=metrics, tags=tags)
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
-        """End the run as FINISHED, FAILED or KILLED, with the error as a tag."""
-        if error:
-            self.client.set_tag(self.run_id, "eemlflow.error", error[:5000])
+        """End the run as FINISHED, FAILED or KILLED, with the error as a tag.
+
+        The status is also kept in the ``eemlflow.status`` tag: under ``mlflow run``, MLflow 3.17's launcher
+        marks the run FAILED after any non-zero exit, KILLED included (its ``_maybe_set_run_terminated``
+        compares the string status with integer codes, so it never sees the run as already ended).
+        """
+        tags = {"eemlflow.status": status, **({"eemlflow.error": error[:5000]} if error else {})}
+        self._log(tags=tags)
         mlflow.end_run(status=status)
 
     def _log(self, params: Optional[dict[str, str]] = None, metrics: Optional[dict[str, float]] = None,

@@ -121,7 +121,7 @@ def test_a_signal_ends_the_run_killed_with_energy(store, sig):
     assert proc.returncode == 130, "".join(seen) + rest
     assert "Traceback" not in rest and "ended KILLED" in rest
     _, run = only_run(store)
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED" and run.data.tags["eemlflow.status"] == "KILLED"
     assert run.data.metrics["energy_consumed"] > 0 and run.data.metrics["duration"] > 0
     assert "energy.cpu_method" in run.data.tags
 
@@ -175,3 +175,12 @@ def test_cifar10_files_train_through_the_cli(store, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     _, run = only_run(store)
     assert run.data.params["dataset"] == "cifar10" and run.data.params["num_classes"] == "10"
+
+
+def test_a_launcher_run_missing_from_the_store_is_explained(store, tmp_path):
+    env = cli_env(store)
+    env["MLFLOW_RUN_ID"] = "0123456789abcdef0123456789abcdef"  # as `mlflow run` would pass, from another store
+    result = subprocess.run([sys.executable, "-m", "eemlflow.train", "--dataset", "digits"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not in the tracking store" in result.stderr and "absolute" in result.stderr
