@@ -136,7 +136,6 @@ class EnergyMonitor:
         self._capture = _Capture()
         self._windows: dict[str, EnergyReading] = {}
         self._last: Optional[EnergyReading] = None
-        self._final: Optional[EmissionsData] = None
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code,
             project_name=project_name,
@@ -181,11 +180,11 @@ class EnergyMonitor:
     def stop(self) -> Optional[EmissionsData]:
         """Stop the tracker and return CodeCarbon's final record (None, with ``failure`` set, if it failed)."""
         self._tracker.stop()
-        self._final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
-        if self._final is None and self.failure is None:
+        final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
+        if final is None and self.failure is None:
             self.failure = "CodeCarbon's tracker returned no final measurement (it logs its own error above)"
             log.warning("energy tracking failed: %s", self.failure)
-        return None if self.failure else self._final
+        return None if self.failure else final
 
     def _snapshot(self) -> Optional[EnergyReading]:
         if self.failure:
