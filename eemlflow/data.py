@@ -102,7 +102,7 @@ def check_available(name: str, data_dir: str | Path = "data", download: bool = F
     if layout is None or download:
         return
     folder = Path(data_dir) / layout.folder
-    missing = [f for f in (*layout.train_files, layout.test_file) if not (folder / f).is_file()]
+    missing = _missing_files(layout, folder)
     if missing:
         raise EemlflowError(
             f"{layout.title} files missing in {folder}: {', '.join(missing)}. Download {layout.archive} from "
@@ -111,9 +111,13 @@ def check_available(name: str, data_dir: str | Path = "data", download: bool = F
         )
 
 
+def _missing_files(layout: CifarLayout, folder: Path) -> list[str]:
+    return [f for f in (*layout.train_files, layout.test_file) if not (folder / f).is_file()]
+
+
 def _load_cifar(layout: CifarLayout, name: str, data_dir: Path, download: bool) -> ImageData:
     folder = data_dir / layout.folder
-    if download and not all((folder / f).is_file() for f in (*layout.train_files, layout.test_file)):
+    if download and _missing_files(layout, folder):
         _download_cifar(name, data_dir)
     check_available(name, data_dir)
     train = [_read_batch(folder / f, layout.label_key) for f in layout.train_files]

@@ -1,6 +1,6 @@
 """``python -m eemlflow.export``: the study's CSV, rebuilt from a tracking server alone.
 
-Rows come from ``MlflowClient.search_runs`` pages (params, tags and latest metrics in one call per page of
+Rows come from ``MlflowClient.search_runs`` pages of active runs (params, tags and latest metrics in one call per page of
 up to 50,000 runs, no per-run requests), are decoded column by column through ``eemlflow.schema``, and are
 written atomically: a temporary file beside the target, renamed over it once complete.
 """
@@ -27,7 +27,6 @@ from eemlflow.errors import EemlflowError
 
 DEFAULT_OUTPUT = Path("Dataset/image_classification/training_energy.csv")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
-PAGE_SIZE = 50_000  # the server's cap per search_runs page
 
 
 def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = None, statuses: Iterable[str] = ("FINISHED",),
@@ -37,7 +36,7 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
     Runs without the ``eemlflow.row`` tag (a sweep's parent, other projects' runs) are not rows.
     Values are typed per the schema: ints as ints, missing as None; ordered by timestamp, then run_id.
     """
-    from mlflow.entities import ViewType
+    from eemlflow.tracking import search_all_runs
 
     names = _experiment_names(client, experiments)
     columns = schema.COLUMNS + (schema.EXTRAS if with_extras else ())
@@ -47,18 +46,9 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
             raise EemlflowError(f"unknown run status {s!r}: choose among {', '.join(STATUSES)}")
     rows = []
     if names:
-        token = None
-        while True:
-            page = client.search_runs(
-                list(names), filter_string=f"tags.`{schema.ROW_TAG}` LIKE '%'", run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=PAGE_SIZE, page_token=token,
-            )
-            for run in page:
-                if run.info.status in status_list:
-                    rows.append(schema.read_run(run, names[run.info.experiment_id], columns))
-            token = page.token
-            if not token:
-                break
+        for run in search_all_runs(client, list(names), f"tags.`{schema.ROW_TAG}` LIKE '%'"):
+            if run.info.status in status_list:
+                rows.append(schema.read_run(run, names[run.info.experiment_id], columns))
     frame = pd.DataFrame(rows, columns=[c.name for c in columns], dtype=object)
     if len(frame):
         order = sorted(range(len(rows)), key=lambda i: (rows[i]["timestamp"] or "", rows[i]["run_id"] or ""))

@@ -104,7 +104,7 @@ def _kind(col: schema.Column) -> str:
 
 def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] = None) -> tuple[int, int]:
     """Create one FINISHED run per row not already ingested; returns (added, skipped)."""
-    from eemlflow.tracking import experiment_id_for
+    from eemlflow.tracking import experiment_id_for, search_all_runs
 
     by_experiment: dict[str, list[dict]] = {}
     for row in parsed.rows:
@@ -113,7 +113,8 @@ def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] =
     added = skipped = 0
     for name, rows in by_experiment.items():
         experiment_id = experiment_id_for(client, name)
-        present = _ingested_ids(client, experiment_id)
+        present = {r.data.tags[schema.SOURCE_RUN_ID_TAG] for r in search_all_runs(
+            client, [experiment_id], f"tags.`{schema.SOURCE_RUN_ID_TAG}` LIKE '%'")}
         for row in rows:
             if row["run_id"] in present:
                 skipped += 1
@@ -122,17 +123,6 @@ def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] =
             present.add(row["run_id"])
             added += 1
     return added, skipped
-
-
-def _ingested_ids(client: MlflowClient, experiment_id: str) -> set[str]:
-    ids, token = set(), None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{schema.SOURCE_RUN_ID_TAG}` LIKE '%'",
-                                  max_results=50_000, page_token=token)
-        ids.update(r.data.tags[schema.SOURCE_RUN_ID_TAG] for r in page)
-        token = page.token
-        if not token:
-            return ids
 
 
 def _create_run(client: MlflowClient, experiment_id: str, row: dict) -> None:

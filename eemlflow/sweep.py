@@ -145,20 +145,16 @@ def check_data(grid: Grid) -> None:
 
 def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, str]:
     """cell_id -> "done" (a FINISHED run exists) or "failed" (only FAILED/KILLED runs); absent = pending."""
+    from eemlflow.tracking import search_all_runs
+
     states: dict[str, str] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{CELL_TAG}` LIKE '%'",
-                                  max_results=50_000, page_token=token)
-        for run in page:
-            cell_id = run.data.tags[CELL_TAG]
-            if run.info.status == "FINISHED":
-                states[cell_id] = "done"
-            elif run.info.status in ("FAILED", "KILLED") and states.get(cell_id) != "done":
-                states[cell_id] = "failed"
-        token = page.token
-        if not token:
-            return states
+    for run in search_all_runs(client, [experiment_id], f"tags.`{CELL_TAG}` LIKE '%'"):
+        cell_id = run.data.tags[CELL_TAG]
+        if run.info.status == "FINISHED":
+            states[cell_id] = "done"
+        elif run.info.status in ("FAILED", "KILLED") and states.get(cell_id) != "done":
+            states[cell_id] = "failed"
+    return states
 
 
 @dataclass
@@ -396,9 +392,10 @@ def _close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_i
     """The parent's totals cover every FINISHED cell of the grid, from this and earlier invocations."""
     from mlflow.entities import Metric
 
+    from eemlflow.tracking import search_all_runs
+
     ids = {c.cell_id for c in grid.cells}
-    done = [r for r in client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                          max_results=50_000)
+    done = [r for r in search_all_runs(client, [experiment_id], "attributes.status = 'FINISHED'")
             if r.data.tags.get(CELL_TAG) in ids]
     finished = {r.data.tags[CELL_TAG] for r in done}
     now = int(time.time() * 1000)

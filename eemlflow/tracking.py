@@ -23,7 +23,7 @@ import eemlflow
 from eemlflow import schema
 from eemlflow.config import TrainConfig
 from eemlflow.data import ImageData
-from eemlflow.energy import EmissionsData, EnergyReading, Provenance
+from eemlflow.energy import J_PER_KWH, EmissionsData, EnergyReading, Provenance
 from eemlflow.errors import EemlflowError
 from eemlflow.loop import EpochResult
 
@@ -76,6 +76,17 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
     if experiment.lifecycle_stage == "deleted":
         raise EemlflowError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore) or pick another name")
     return experiment.experiment_id
+
+
+def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> Iterator[Any]:
+    """Every run matching ``filter_string``, page by page (50,000 a page, the server's cap): one request a page."""
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=50_000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def _check_run_exists(client: MlflowClient, run_id: str) -> None:
@@ -182,10 +193,10 @@ class TrainingRun:
             tags.update(cc_tags)
             duration = final.duration or float("nan")
             metrics.update({
-                "avg_cpu_power_w": final.cpu_energy * 3.6e6 / duration,
-                "avg_gpu_power_w": final.gpu_energy * 3.6e6 / duration,
-                "avg_ram_power_w": final.ram_energy * 3.6e6 / duration,
-                "avg_power_w": final.energy_consumed * 3.6e6 / duration,
+                "avg_cpu_power_w": final.cpu_energy * J_PER_KWH / duration,
+                "avg_gpu_power_w": final.gpu_energy * J_PER_KWH / duration,
+                "avg_ram_power_w": final.ram_energy * J_PER_KWH / duration,
+                "avg_power_w": final.energy_consumed * J_PER_KWH / duration,
                 "energy_wh": final.energy_consumed * 1000,
             })
         if failure:
