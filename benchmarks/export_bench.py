@@ -24,7 +24,7 @@ import mlflow  # noqa: E402
 from eemlflow import schema  # noqa: E402
 from eemlflow.export import collect_rows, write_csv  # noqa: E402
 from eemlflow.ingest import ingest, read_csv  # noqa: E402
-from eemlflow.tracking import connect  # noqa: E402
+from eemlflow.store import connect  # noqa: E402
 from test_export_ingest import study_rows  # noqa: E402  (the same awkward rows the round-trip test uses)
 
 

@@ -132,7 +132,8 @@ def bench_model(model: str, args, data, device, meter: EnergyMeter) -> dict:
 def tracking_overhead(cfg: TrainConfig, args, data, device, meter: EnergyMeter) -> float:
     """Wall time of the same epochs with CodeCarbon epoch windows + one MLflow log_batch per epoch, vs without."""
     from eemlflow.loop import EpochResult
-    from eemlflow.tracking import TrainingRun, connect
+    from eemlflow.store import connect
+    from eemlflow.tracking import TrainingRun
 
     epoch_steps = max(1, args.steps // 5)
     recipe = build_recipe(cfg, data, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_UNLOGGED = 3  # trained, but the store missed records: they wait in a spool file for `eemlflow.runs replay`
 
 
 def print_error(console: Console, error: object) -> int:

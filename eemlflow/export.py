@@ -36,7 +36,7 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
     Runs without the ``eemlflow.row`` tag (a sweep's parent, other projects' runs) are not rows.
     Values are typed per the schema: ints as ints, missing as None; ordered by timestamp, then run_id.
     """
-    from eemlflow.tracking import search_all_runs
+    from eemlflow.store import search_all_runs
 
     names = _experiment_names(client, experiments)
     columns = schema.COLUMNS + (schema.EXTRAS if with_extras else ())
@@ -139,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
-        from eemlflow.tracking import connect
+        from eemlflow.store import connect
 
         client = connect(args.tracking_uri)
         statuses = ["FINISHED", *[s for arg in (args.status or []) for s in arg.split(",") if s]]

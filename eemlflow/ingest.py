@@ -104,7 +104,7 @@ def _kind(col: schema.Column) -> str:
 
 def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] = None) -> tuple[int, int]:
     """Create one FINISHED run per row not already ingested; returns (added, skipped)."""
-    from eemlflow.tracking import experiment_id_for, search_all_runs
+    from eemlflow.store import experiment_id_for, search_all_runs
 
     by_experiment: dict[str, list[dict]] = {}
     for row in parsed.rows:
@@ -171,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console = Console(stderr=True)
     try:
         parsed = read_csv(args.path)
-        from eemlflow.tracking import connect
+        from eemlflow.store import connect
 
         client = connect(args.tracking_uri)
         start = time.perf_counter()

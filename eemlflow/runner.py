@@ -22,7 +22,8 @@ from eemlflow.errors import EemlflowError
 from eemlflow.energy import EmissionsData, EnergyMonitor, EnergyReading, suspicions
 from eemlflow.loop import EpochResult, build_recipe, resolve_device, run_epochs
 from eemlflow.models import check_model_name
-from eemlflow.tracking import DEFAULT_EXPERIMENT, TrainingRun, connect, environment
+from eemlflow.store import connect
+from eemlflow.tracking import DEFAULT_EXPERIMENT, TrainingRun, environment
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class RunOutcome:
     epochs: list[EpochResult] = field(default_factory=list)
     energy: Optional[EmissionsData] = None
     error: Optional[str] = None
+    unlogged: int = 0  # records the store did not take, kept in ``spool_path`` for a replay
+    spool_path: Optional[str] = None
 
 
 def train_run(
@@ -127,6 +130,7 @@ def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutco
             run.log_energy(final, provenance, suspect, monitor.failure)
             outcome.energy = final
         run.finish(outcome.status, outcome.error)
+        outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)
 
 
 def _visible_gpu_ids(device) -> Optional[list[int]]:

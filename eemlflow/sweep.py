@@ -145,7 +145,7 @@ def check_data(grid: Grid) -> None:
 
 def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, str]:
     """cell_id -> "done" (a FINISHED run exists) or "failed" (only FAILED/KILLED runs); absent = pending."""
-    from eemlflow.tracking import search_all_runs
+    from eemlflow.store import search_all_runs
 
     states: dict[str, str] = {}
     for run in search_all_runs(client, [experiment_id], f"tags.`{CELL_TAG}` LIKE '%'"):
@@ -308,7 +308,7 @@ def _last_line(path: str) -> str:
 def open_parent(client: MlflowClient, grid: Grid, experiment: Optional[str]) -> tuple[str, str]:
     """(experiment id, parent run id): ``mlflow run``'s run if launched so, else this grid's earlier parent
     (reopened, so a resumed sweep stays one parent), else a new one."""
-    from eemlflow.tracking import experiment_id_for
+    from eemlflow.store import experiment_id_for
 
     if os.environ.get("MLFLOW_RUN_ID"):
         run = client.get_run(os.environ["MLFLOW_RUN_ID"])
@@ -355,7 +355,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=True)
     try:
-        from eemlflow.tracking import connect
+        from eemlflow.store import connect
         import mlflow
 
         retries = _nonnegative_int(args.retries, "--retries")
@@ -392,7 +392,7 @@ def _close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_i
     """The parent's totals cover every FINISHED cell of the grid, from this and earlier invocations."""
     from mlflow.entities import Metric
 
-    from eemlflow.tracking import search_all_runs
+    from eemlflow.store import search_all_runs
 
     ids = {c.cell_id for c in grid.cells}
     done = [r for r in search_all_runs(client, [experiment_id], "attributes.status = 'FINISHED'")

@@ -7,17 +7,18 @@ and MLflow's system metrics (GPU power and utilisation over time) run beside it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
 import time
 import warnings
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 import eemlflow
 from eemlflow import schema
@@ -26,67 +27,14 @@ from eemlflow.data import ImageData
 from eemlflow.energy import J_PER_KWH, EmissionsData, EnergyReading, Provenance
 from eemlflow.errors import EemlflowError
 from eemlflow.loop import EpochResult
+from eemlflow.store import StoreWriter, experiment_id_for
+from eemlflow.store.connect import _env, describe_store_error
+from eemlflow.store.writer import spool_path_for, with_retries
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "eemlflow"
 MAX_PARAMS_PER_BATCH = 100
-
-
-def connect(tracking_uri: Optional[str] = None) -> MlflowClient:
-    """Point MLflow at ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``, else ./mlflow.db) and check it answers.
-
-    The check fails fast: MLflow's HTTP client otherwise retries for minutes before giving up.
-    """
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    uri = mlflow.get_tracking_uri()
-    client = MlflowClient(uri)
-    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
-        try:
-            client.search_experiments(max_results=1)
-        except Exception as e:  # sqlalchemy, requests and MlflowException all mean the same to the user
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EemlflowError(
-                f"cannot reach the MLflow tracking store at {uri} ({first_line[:200]}); start the server or "
-                "pass a reachable --tracking-uri (e.g. sqlite:///mlflow.db)"
-            ) from None
-    return client
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def experiment_id_for(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if needed (no fluent state: it goes stale across stores)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name)
-    if experiment.lifecycle_stage == "deleted":
-        raise EemlflowError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore) or pick another name")
-    return experiment.experiment_id
-
-
-def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> Iterator[Any]:
-    """Every run matching ``filter_string``, page by page (50,000 a page, the server's cap): one request a page."""
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=50_000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def _check_run_exists(client: MlflowClient, run_id: str) -> None:
@@ -109,6 +57,7 @@ class TrainingRun:
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.writer = StoreWriter(client, run_id, spool_path_for(run_id))
 
     @classmethod
     def open(cls, client: MlflowClient, cfg: TrainConfig, experiment_name: str = DEFAULT_EXPERIMENT,
@@ -119,17 +68,20 @@ class TrainingRun:
         if launcher_run:
             _check_run_exists(client, launcher_run)
         elif not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            experiment_id = experiment_id_for(client, experiment_name)
-        active = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name,
-                                  log_system_metrics=system_metrics)
+            experiment_id = with_retries(lambda: experiment_id_for(client, experiment_name), "the experiment")
+        try:
+            active = with_retries(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name,
+                                                           log_system_metrics=system_metrics), "start_run")
+        except MlflowException as e:  # nothing has trained yet: a refusal here is the user's to fix
+            raise EemlflowError(describe_store_error(e, client.tracking_uri)) from None
         run = cls(client, active.info.run_id)
-        client.set_tag(run.run_id, "mlflow.runName", cfg.run_name)
+        run._log(tags={"mlflow.runName": cfg.run_name})
         return run
 
     def log_setup(self, cfg: TrainConfig, data: ImageData, device: str, input_size: tuple[int, ...],
                   environment: dict[str, str]) -> None:
         """Settings, dataset and environment, before the first epoch."""
-        existing = self.client.get_run(self.run_id).data.params
+        existing = with_retries(lambda: self.client.get_run(self.run_id), "get_run").data.params
         # `mlflow run` has already logged each -P value as typed; logging another spelling would fail.
         params = {k: schema.format_value(v) for k, v in vars(cfg).items() if k not in existing}
         params.update({
@@ -151,11 +103,26 @@ class TrainingRun:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns that a path "can be interpreted in multiple ways"
             for split, ds in (("training", data.train), ("eval", data.eval)):
-                mlflow.log_input(
-                    mlflow.data.from_numpy(ds.images, targets=ds.labels, source=data.source,
-                                           name=f"{data.name}-{split}"),
-                    context=split,
-                )
+                self._log_input(mlflow.data.from_numpy(ds.images, targets=ds.labels, source=data.source,
+                                                       name=f"{data.name}-{split}"), split)
+
+    def _log_input(self, dataset: Any, context: str) -> None:
+        """Record a dataset input; a concurrent writer of the same dataset or a store hiccup never fails the run.
+
+        The store checks whether the dataset exists, then inserts it: two runs doing so at once collide on the
+        database's UNIQUE constraint. A second attempt finds the other writer's record and links to it.
+        """
+        for attempt in (1, 2):
+            try:
+                with_retries(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                             [InputTag(MLFLOW_DATASET_CONTEXT, context)])]), "log_inputs")
+                return
+            except Exception as e:
+                if attempt == 2:
+                    log.warning("dataset %s not recorded on the run: %s", dataset.name, str(e).splitlines()[0][:200])
+                    self._log(tags={f"eemlflow.input_not_recorded.{context}": str(e).splitlines()[0][:500]})
+                else:
+                    time.sleep(0.5)
 
     def log_epoch(self, result: EpochResult, energy: Optional[EnergyReading], total: Optional[EnergyReading]) -> None:
         """The epoch's losses, accuracies, lr and throughput, and its energy (step = epoch number, from 1)."""
@@ -214,15 +181,19 @@ class TrainingRun:
         """
         tags = {"eemlflow.status": status, **({"eemlflow.error": error[:5000]} if error else {})}
         self._log(tags=tags)
-        mlflow.end_run(status=status)
+        self.writer.set_terminated(status)
+        try:  # leave MLflow's fluent run (and stop its system metrics); the status is already stored or spooled
+            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+                mlflow.end_run(status=status)
+        except Exception as e:
+            log.debug("mlflow.end_run could not reach the store: %s", e)
 
     def _log(self, params: Optional[dict[str, str]] = None, metrics: Optional[dict[str, float]] = None,
              tags: Optional[dict[str, str]] = None, step: int = 0) -> None:
         now = int(time.time() * 1000)
         param_list = [Param(k, v) for k, v in (params or {}).items()]
         for i in range(0, max(len(param_list), 1), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(
-                self.run_id,
+            self.writer.log_batch(
                 metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()] if i == 0 else [],
                 params=param_list[i:i + MAX_PARAMS_PER_BATCH],
                 tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()] if i == 0 else [],

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
-from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
+from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, print_error
 from eemlflow.config import TrainConfig
 from eemlflow.errors import EemlflowError
 from eemlflow.progress import RichReporter
@@ -56,6 +56,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         console.print("eemlflow: interrupted: the run was ended KILLED with the energy measured so far")
         return EXIT_INTERRUPTED
+    if outcome.unlogged:
+        console.print(f"eemlflow: error: the tracking store stayed unreachable; {outcome.unlogged} records of run "
+                      f"{outcome.run_id} ({outcome.status}) are kept in {outcome.spool_path}: once the store is back, "
+                      f"run `python -m eemlflow.runs replay {outcome.spool_path}`", highlight=False, soft_wrap=True)
+        return EXIT_UNLOGGED
     if outcome.status != "FINISHED":
         console.print(f"eemlflow: training failed: {outcome.error} (run {outcome.run_id} marked {outcome.status})",
                       highlight=False, soft_wrap=True)
