@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -23,8 +17,9 @@ from eemlflow.config import TrainConfig
 from eemlflow.export import collect_rows, write_csv
 from eemlflow.ingest import ingest, read_csv
 from eemlflow.runner import train_run
-from eemlflow.tracking import connect
-from conftest import cli_env, run_cli
+from eemlflow.store import connect
+from conftest import run_cli
+from services import MlflowServer
 
 
 def study_rows(n: int) -> list[dict[str, str]]:
@@ -177,37 +172,11 @@ def test_a_failed_export_leaves_the_previous_csv_intact(store, tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_export_and_ingest_through_a_live_mlflow_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
-        start_new_session=True,  # its own process group: the server's uvicorn worker stops with it
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
+    with MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server") as server:
         source = write_rows(tmp_path / "study.csv", study_rows(8))
-        assert run_cli(["eemlflow.ingest", str(source), "--tracking-uri", uri]).returncode == 0
+        assert run_cli(["eemlflow.ingest", str(source), "--tracking-uri", server.uri]).returncode == 0
         out = tmp_path / "out.csv"
-        result = run_cli(["eemlflow.export", "--tracking-uri", uri, "--output", str(out)])
+        result = run_cli(["eemlflow.export", "--tracking-uri", server.uri, "--output", str(out)])
         assert result.returncode == 0, result.stderr
         assert typed(out) == typed(source)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

@@ -1,0 +1,186 @@
+"""Many writers on one store: a fresh sqlite file, `mlflow server` on a real PostgreSQL, auth and outages.
+
+Every training here is a real `python -m eemlflow.train` process (test_resnet on digits at 32 px).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, cli_env, run_cli
+from services import MlflowServer, postgres, postgres_bin
+from test_export_ingest import study_rows, typed, write_rows
+
+needs_postgres = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (.ci/run installs it)")
+TINY = ["--model", "test_resnet", "--dataset", "digits", "--img-size", "32", "--workers", "0", "--batch-size", "64",
+        "--measure-power-secs", "5", "--no-system-metrics"]
+
+
+def start_training(uri: str, cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    environment = {**cli_env(uri), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "eemlflow.train", *TINY, *args], cwd=cwd, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def eight_at_once(uri: str, cwd: Path, experiment: str) -> None:
+    """8 trainings started at the same instant into a new experiment: 8 FINISHED runs, 8 rows, no traceback."""
+    procs = [start_training(uri, cwd, "--epochs", "1", "--experiment", experiment) for _ in range(8)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0 and "Traceback" not in out, out[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    assert all(len(r.inputs.dataset_inputs) == 2 for r in runs)  # each run's dataset record, despite the race
+    export = run_cli(["eemlflow.export", "--experiment", experiment, "--output", "-"], tracking_uri=uri)
+    assert export.returncode == 0, export.stderr
+    assert len(pd.read_csv(io.StringIO(export.stdout))) == 8
+
+
+def test_eight_trainings_at_once_on_a_fresh_sqlite_file(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    eight_at_once(uri, tmp_path, "crowd")
+
+
+@needs_postgres
+def test_eight_trainings_at_once_through_a_postgres_backed_server_and_a_round_trip(tmp_path):
+    with postgres() as db, MlflowServer(db, tmp_path / "server") as server:
+        eight_at_once(server.uri, tmp_path, "crowd")
+        source = write_rows(tmp_path / "study.csv", study_rows(12))
+        ingested = run_cli(["eemlflow.ingest", str(source)], tracking_uri=server.uri)
+        assert ingested.returncode == 0 and "12 runs added" in ingested.stderr, ingested.stderr
+        out = tmp_path / "out.csv"
+        exported = run_cli(["eemlflow.export", "--output", str(out), "--experiment", "study-é", "--experiment",
+                            "study-β", "--experiment", "study-plain"], tracking_uri=server.uri)
+        assert exported.returncode == 0, exported.stderr
+        assert typed(out) == typed(source)
+
+
+ADMIN_PASSWORD = "Eemlflow-admin-Pass-2026!"
+
+
+def _request(uri: str, path: str, body: dict, user: str, password: str) -> dict:
+    auth = b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(f"{uri}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def test_basic_auth_refuses_without_credentials_and_accepts_with_them(tmp_path):
+    env = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
+    with MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server", ("--app-name", "basic-auth"),
+                      env) as server:
+        anonymous = start_training(server.uri, tmp_path, "--epochs", "1")
+        out = anonymous.communicate(timeout=300)[0]
+        assert anonymous.returncode == 2 and "Traceback" not in out, out[-2000:]
+        [line] = [l for l in out.splitlines() if l.startswith("eemlflow: error:")]
+        assert "HTTP 401" in line and "MLFLOW_TRACKING_USERNAME" in line
+
+        admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+        ok = start_training(server.uri, tmp_path, "--epochs", "1", "--experiment", "team", env=admin)
+        out = ok.communicate(timeout=300)[0]
+        assert ok.returncode == 0, out[-2000:]
+
+        # A reader (the server's default permission is READ) may not add runs to the admin's experiment.
+        _request(server.uri, "/api/2.0/mlflow/users/create", {"username": "reader", "password": "Reader-pass-2026!x"},
+                 "admin", ADMIN_PASSWORD)
+        reader = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "Reader-pass-2026!x"}
+        refused = start_training(server.uri, tmp_path, "--epochs", "1", "--experiment", "team", env=reader)
+        out = refused.communicate(timeout=300)[0]
+        assert refused.returncode == 2 and "Traceback" not in out, out[-2000:]
+        assert "HTTP 403" in [l for l in out.splitlines() if l.startswith("eemlflow: error:")][0]
+
+        with_env = {**cli_env(server.uri), **admin}
+        runs = subprocess.run([sys.executable, "-c", "import mlflow; print(len(mlflow.search_runs("
+                               "search_all_experiments=True)))"], env=with_env, capture_output=True, text=True,
+                              timeout=120)
+        assert runs.stdout.strip() == "1", runs.stderr  # the admin's run; the refused ones left nothing
+
+
+def wait_for_epoch(client: MlflowClient, proc: subprocess.Popen, epoch: int, timeout: float = 300) -> str:
+    """The run id, once the training has logged ``epoch`` to the store."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for exp in client.search_experiments():
+            for run in client.search_runs([exp.experiment_id]):
+                if len(client.get_metric_history(run.info.run_id, "train_loss")) >= epoch:
+                    return run.info.run_id
+        time.sleep(0.5)
+    pytest.fail(f"the training did not log epoch {epoch}: {proc.communicate()[0][-2000:]}")
+
+
+def test_a_server_restart_mid_training_loses_no_epoch(tmp_path):
+    server = MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server").start()
+    try:
+        proc = start_training(server.uri, tmp_path, "--epochs", "6")
+        run_id = wait_for_epoch(MlflowClient(server.uri), proc, 1)
+        server.stop()
+        time.sleep(4)  # at least one epoch ends while the store is away
+        server.start()
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, out[-3000:]
+        assert "tracking store busy or away" in out  # the outage was seen and retried through
+        client = MlflowClient(server.uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics["energy_consumed"] > 0
+        for key in ("train_loss", "eval_top1", "epoch_energy_kwh"):
+            assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3, 4, 5, 6], key
+    finally:
+        server.stop()
+
+
+def test_a_store_gone_for_good_keeps_the_records_for_a_replay(tmp_path):
+    server = MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server").start()
+    try:
+        proc = start_training(server.uri, tmp_path, "--epochs", "3", env={"EEMLFLOW_STORE_RETRY_SECONDS": "2"})
+        run_id = wait_for_epoch(MlflowClient(server.uri), proc, 1)
+        server.stop()
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 3 and "Traceback" not in out, out[-3000:]
+        [line] = [l for l in out.splitlines() if l.startswith("eemlflow: error:")]
+        spool = tmp_path / "checkpoints" / run_id / "unlogged-records.jsonl"
+        assert str(spool) in line and "eemlflow.runs replay" in line and spool.exists()
+
+        server.start()
+        client = MlflowClient(server.uri)
+        assert client.get_run(run_id).info.status == "RUNNING"  # the store never heard the end
+        replay = run_cli(["eemlflow.runs", "replay", str(spool)], cwd=tmp_path)
+        assert replay.returncode == 0 and "records replayed" in replay.stderr, replay.stderr
+        assert not spool.exists()
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["eemlflow.status"] == "FINISHED"
+        assert run.data.metrics["energy_consumed"] > 0
+        assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("foo://x", "unsupported tracking URI 'foo://x'"),
+    ("postgresql+psycopg2://u:secret@127.0.0.1:1/db", "needs the database driver 'psycopg2'"),
+    ("mysql://u@127.0.0.1:1/db", "needs the database driver 'MySQLdb'"),
+])
+def test_an_unusable_tracking_uri_is_one_line(tmp_path, uri, message):
+    result = run_cli(["eemlflow.train", *TINY, "--epochs", "1", "--tracking-uri", uri], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("eemlflow: error:")]
+    assert message in line and "secret" not in line
+
+
+def test_a_replay_of_a_damaged_file_is_one_line(tmp_path):
+    bad = tmp_path / "unlogged-records.jsonl"
+    bad.write_text("not json\n")
+    result = run_cli(["eemlflow.runs", "replay", str(bad)], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "not a spool file" in result.stderr and "Traceback" not in result.stderr
