@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Protocol
 from eemlflow.config import TrainConfig
 from eemlflow.data import load_data
 from eemlflow.errors import EemlflowError
+from eemlflow.gpu_ids import nvml_indices, nvml_uuid_table
 from eemlflow.energy import EmissionsData, EnergyMonitor, EnergyReading, suspicions
 from eemlflow.loop import EpochResult, build_recipe, resolve_device, run_epochs
 from eemlflow.models import check_model_name
@@ -68,6 +69,7 @@ def train_run(
     """
     check_model_name(cfg.model)
     device = resolve_device(cfg.device)
+    gpu_ids = _visible_gpu_ids(device)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.download)
     if cfg.batch_size > len(data.train):
         raise EemlflowError(
@@ -86,7 +88,7 @@ def train_run(
             run.log_setup(cfg, data, str(device), recipe.input_size, environment(device))
             monitor = EnergyMonitor(
                 cfg.country_iso_code, country_given=country_given,
-                measure_power_secs=cfg.measure_power_secs, gpu_ids=_visible_gpu_ids(device),
+                measure_power_secs=cfg.measure_power_secs, gpu_ids=gpu_ids,
             )
             monitor.start()
             if reporter:
@@ -137,12 +139,9 @@ def _visible_gpu_ids(device) -> Optional[list[int]]:
     """CodeCarbon counts whole devices: measure only the one torch trains on (index as NVML sees it)."""
     if device.type != "cuda":
         return None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    index = device.index or 0
-    ids = [v.strip() for v in visible.split(",") if v.strip()]
-    if ids and ids[index].isdigit():
-        return [int(ids[index])]
-    return [index]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    needs_uuids = any(not v.strip().isdigit() for v in (visible or "").split(",") if v.strip())
+    return nvml_indices(visible, device.index or 0, nvml_uuid_table() if needs_uuids else {})
 
 
 @contextmanager
