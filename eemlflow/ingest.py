@@ -45,7 +45,8 @@ def read_csv(path: str | Path) -> ParsedFile:
     """Read and validate the whole file; the first problem found is an error naming its line and column."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark, which must not become part of a name.
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             lines = list(reader)
