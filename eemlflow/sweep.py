@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,6 +227,7 @@ class Sweep:
         finally:
             if live:
                 live.stop()
+            shutil.rmtree(self.logs, ignore_errors=True)  # every log is attached to its run by now
         return tally
 
     def _start(self, slot: Slot, cell: Cell, attempt: int) -> None:
@@ -252,10 +254,7 @@ class Sweep:
             status = "FAILED"
             self.client.set_tag(run_id, "eemlflow.error", f"training process exited with code {slot.process.returncode}")
             self.client.set_terminated(run_id, status)
-        try:
-            self.client.log_artifact(run_id, slot.log_path)
-        except Exception as e:  # an artifact store out of reach must not stop the sweep
-            log.warning("could not attach %s to run %s: %s", slot.log_path, run_id, e)
+        self._attach_log(slot)
         line = f"{cell.config.run_name}: {status} in {time.time() - slot.started:.0f} s"
         if status == "FINISHED":
             tally.done += 1
@@ -264,7 +263,7 @@ class Sweep:
             tally.emissions_kg += run.data.metrics.get("emissions", 0.0)
             line += f", {run.data.metrics.get('energy_consumed', 0.0) * 1000:.3f} Wh"
         else:
-            line += f" ({_last_line(slot.log_path)}); log: {slot.log_path}"
+            line += f" ({_last_line(slot.log_path)}); its output: {Path(slot.log_path).name} in the run's artifacts"
         self.console.print(line, highlight=False, soft_wrap=True)
         slot.cell, slot.process, slot.run_id = None, None, ""
         return cell, status
@@ -283,6 +282,14 @@ class Sweep:
                 slot.process.wait()
             if self.client.get_run(slot.run_id).info.status == "RUNNING":
                 self.client.set_terminated(slot.run_id, "KILLED")
+            self._attach_log(slot)
+
+    def _attach_log(self, slot: Slot) -> None:
+        """The child's output, as an artifact of its run (the sweep's temporary folder goes at the end)."""
+        try:
+            self.client.log_artifact(slot.run_id, slot.log_path)
+        except Exception as e:  # an artifact store out of reach must not stop the sweep
+            log.warning("could not attach %s to run %s: %s", slot.log_path, slot.run_id, e)
 
     def _table(self, tally: Tally, pending: deque) -> Table:
         running = sum(1 for s in self.slots if s.process is not None)
