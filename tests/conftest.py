@@ -30,9 +30,21 @@ def cli_env(tracking_uri: str | None = None) -> dict[str, str]:
 
 
 def run_cli(args: list[str], tracking_uri: str | None = None, cwd: Path | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m <args>`` as a user would and capture its output."""
+            timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m <args>`` as a user would and capture its output (``env`` adds variables)."""
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd or REPO, env=cli_env(tracking_uri), capture_output=True,
-        text=True, timeout=timeout,
+        [sys.executable, "-m", *args], cwd=cwd or REPO, env={**cli_env(tracking_uri), **(env or {})},
+        capture_output=True, text=True, timeout=timeout,
     )
+
+
+def gpu_present() -> bool:
+    """Whether training here lands on a GPU (the suite also runs on the GPU host, where CPU-only facts differ)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def rapl_readable() -> bool:
+    """Whether CodeCarbon can read the CPU's RAPL energy counter here (then CPU energy is measured)."""
+    return any(os.access(p, os.R_OK) for p in Path("/sys/class/powercap").glob("intel-rapl*/energy_uj"))

@@ -8,6 +8,9 @@ import time
 import pytest
 
 from eemlflow.energy import EnergyMonitor, suspicions
+from eemlflow.errors import EemlflowError
+from eemlflow.gpu_ids import nvml_indices
+from conftest import gpu_present
 
 
 def test_windows_nest_and_add_up():
@@ -53,7 +56,9 @@ def test_provenance_and_suspicions_on_this_machine():
     monitor.start()
     final = monitor.stop()
     provenance = monitor.provenance()
-    assert provenance.country_source == "default" and provenance.gpu_method.startswith("none")
+    assert provenance.country_source == "default"
+    # CodeCarbon tracks every visible GPU when none is named: "none" only holds on a machine without one.
+    assert provenance.gpu_method.startswith("none") == (not gpu_present())
     assert "estimate" in provenance.ram_method
     tags = provenance.as_tags()
     assert set(tags) >= {"energy.cpu_method", "energy.gpu_method", "energy.ram_method", "energy.country_source"}
@@ -63,3 +68,29 @@ def test_provenance_and_suspicions_on_this_machine():
     ram_heavy = dataclasses.replace(final, gpu_energy=1e-4, gpu_power=3.0, ram_power=20.0)
     assert any("RAM power above GPU power" in s for s in suspicions(ram_heavy, provenance, used_gpu=True))
     assert not any("GPU" in s for s in suspicions(final, provenance, used_gpu=False))
+
+
+UUIDS = {"GPU-8932f937-d72c-4106-c12f-20bd9faed9f6": 0, "GPU-0b4d7c61-9ad4-1a2b-3c4d-5e6f7a8b9c0d": 1,
+         "MIG-4f4b1f2e-1111-5d5d-9999-0123456789ab": 1}
+
+
+@pytest.mark.parametrize("visible, torch_index, expected", [
+    (None, 0, [0]), (None, 1, [1]), ("", 0, [0]),
+    ("3", 0, [3]), ("2,3", 1, [3]), (" 5 , 7 ", 1, [7]),
+    ("GPU-0b4d7c61-9ad4-1a2b-3c4d-5e6f7a8b9c0d", 0, [1]),  # a full UUID, as containers set it
+    ("GPU-8932f937", 0, [0]),  # a unique prefix, which CUDA accepts too
+    ("MIG-4f4b1f2e-1111-5d5d-9999-0123456789ab", 0, [1]),  # a MIG slice: its physical GPU is measured
+    ("1,GPU-8932f937-d72c-4106-c12f-20bd9faed9f6", 1, [0]),
+])
+def test_cuda_visible_devices_maps_to_the_nvml_index(visible, torch_index, expected):
+    assert nvml_indices(visible, torch_index, UUIDS) == expected
+
+
+@pytest.mark.parametrize("visible, torch_index, message", [
+    ("0", 1, "cuda:1 is not among the 1 GPUs"),
+    ("GPU-ffff", 0, "matches no GPU"),
+    ("GPU-", 0, "matches several GPUs"),
+])
+def test_a_cuda_visible_devices_that_cannot_be_mapped_is_one_clear_error(visible, torch_index, message):
+    with pytest.raises(EemlflowError, match=message):
+        nvml_indices(visible, torch_index, UUIDS)

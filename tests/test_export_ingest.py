@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+import resource
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from eemlflow.export import collect_rows, write_csv
 from eemlflow.ingest import ingest, read_csv
 from eemlflow.runner import train_run
 from eemlflow.store import connect
-from conftest import run_cli
+from conftest import cli_env, run_cli
 from services import MlflowServer
 
 
@@ -97,11 +101,19 @@ def test_ingesting_twice_adds_nothing(store, tmp_path):
     (lambda rows, header: ([*rows[:3], {**rows[3], "epochs": "fifty"}], header), r":5: column epochs: 'fifty' is not an integer"),
     (lambda rows, header: ([*rows[:2], {**rows[2], "gpu_energy": "1,5"}], header), r":4: column gpu_energy: '1,5' is not a number"),
     (lambda rows, header: ([*rows, rows[1]], header), r":6: column run_id: '.*' repeats line 3"),
+    (lambda rows, header: ([*rows[:1], {**rows[1], "run_id": ""}], header), r":3: column run_id is empty"),
+    ("ragged", r":4: 41 fields, the header has 42"),
 ])
 def test_a_bad_file_imports_nothing_and_names_line_and_column(store, tmp_path, mutate, message):
-    rows, header = mutate(study_rows(4), list(schema.COLUMN_NAMES))
     path = tmp_path / "bad.csv"
-    write_rows(path, [{k: r.get(k, "") for k in header} for r in rows], header)
+    if mutate == "ragged":  # a row that lost a field (a cell with an unquoted comma removed, say)
+        write_rows(path, study_rows(4))
+        lines = path.read_text(encoding="utf-8").splitlines()
+        lines[3] = lines[3].rsplit(",", 1)[0]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        rows, header = mutate(study_rows(4), list(schema.COLUMN_NAMES))
+        write_rows(path, [{k: r.get(k, "") for k in header} for r in rows], header)
     result = run_cli(["eemlflow.ingest", str(path)], tracking_uri=store)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr
@@ -154,22 +166,62 @@ def test_export_of_trained_runs_skips_non_rows_and_filters_status(store, tmp_pat
     assert missing.returncode == 2 and "no experiment named 'nope'" in missing.stderr
 
 
-def test_a_failed_export_leaves_the_previous_csv_intact(store, tmp_path, monkeypatch):
+def _file_size_limit(limit: int):
+    """For the child: writes past ``limit`` bytes fail with EFBIG (SIGXFSZ ignored, so it is an error, not a kill)."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_failed_export_leaves_the_previous_csv_intact(store, tmp_path):
     client = connect(store)
-    ingest(client, read_csv(write_rows(tmp_path / "s.csv", study_rows(5))))
+    ingest(client, read_csv(write_rows(tmp_path / "s.csv", study_rows(40))))
     out = tmp_path / "training_energy.csv"
     write_csv(collect_rows(client), out)
     before = out.read_bytes()
-
-    def disk_full(self, f, **kwargs):  # a fake: a full disk cannot be caused here for real
-        f.write("timestamp,project_name,run_id\n2025")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
-    with pytest.raises(OSError):
-        write_csv(collect_rows(client), out)
+    assert len(before) > 8192
+    # A real write failure: the file-size limit stops the new CSV halfway (the disk-full case, for real).
+    result = subprocess.run([sys.executable, "-m", "eemlflow.export", "--output", str(out)], cwd=tmp_path,
+                            env=cli_env(store), capture_output=True, text=True, timeout=300,
+                            preexec_fn=_file_size_limit(4096))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("eemlflow: error:")]
+    assert "cannot write" in line and "File too large" in line
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_export_refuses_an_unknown_status_and_takes_several_experiments(store, tmp_path):
+    rows = study_rows(6)  # experiments study-é, study-β, study-plain, two rows each
+    ingest(connect(store), read_csv(write_rows(tmp_path / "s.csv", rows)))
+    bad = run_cli(["eemlflow.export", "--status", "DONE", "--output", "-"], tracking_uri=store)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "unknown run status 'DONE'" in [l for l in bad.stderr.splitlines() if l.startswith("eemlflow: error:")][0]
+    two = run_cli(["eemlflow.export", "--experiment", "study-é", "--experiment", "study-plain", "--output", "-"],
+                  tracking_uri=store)
+    assert two.returncode == 0, two.stderr
+    frame = pd.read_csv(io.StringIO(two.stdout), keep_default_na=False)
+    assert sorted(frame["experiment_name"]) == ["study-plain", "study-plain", "study-é", "study-é"]
+
+
+def test_ingest_into_a_named_experiment(store, tmp_path):
+    source = write_rows(tmp_path / "s.csv", study_rows(5))
+    result = run_cli(["eemlflow.ingest", str(source), "--experiment", "published"], tracking_uri=store)
+    assert result.returncode == 0 and "5 runs added" in result.stderr, result.stderr
+    frame = collect_rows(MlflowClient(store))
+    assert set(frame["experiment_name"]) == {"published"} and len(frame) == 5
+
+
+def test_a_spreadsheets_csv_with_a_byte_order_mark_is_accepted(store, tmp_path):
+    plain = write_rows(tmp_path / "plain.csv", study_rows(3))
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # what "CSV UTF-8" in a spreadsheet saves
+    result = run_cli(["eemlflow.ingest", str(bom)], tracking_uri=store)
+    assert result.returncode == 0 and "3 runs added" in result.stderr, result.stderr
+    out = tmp_path / "out.csv"
+    write_csv(collect_rows(MlflowClient(store)), out)
+    assert typed(out) == typed(plain)
 
 
 def test_export_and_ingest_through_a_live_mlflow_server(tmp_path):

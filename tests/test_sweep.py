@@ -7,10 +7,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from eemlflow.sweep import CELL_TAG, load_grid
+from eemlflow.config import TrainConfig
+from eemlflow.sweep import CELL_TAG, Cell, load_grid
 from conftest import REPO, cli_env, run_cli
 
 GRID = """
@@ -32,8 +35,12 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
     grid = tmp_path / "tiny.yaml"
     grid.write_text(GRID)
     # Two slots: on this GPU-less machine the children train on the CPU, two at a time.
-    first = run_cli(["eemlflow.sweep", str(grid), "--gpus", "0,1"], tracking_uri=store, cwd=tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    first = run_cli(["eemlflow.sweep", str(grid), "--gpus", "0,1"], tracking_uri=store, cwd=tmp_path,
+                    env={"TMPDIR": str(temp)})
     assert first.returncode == 0, first.stderr[-3000:]
+    assert [p.name for p in temp.iterdir() if p.name.startswith("eemlflow-sweep-")] == []  # its logs folder went
     assert "4 trained, 0 already done" in first.stderr
     all_runs = runs(store, "tiny-sweep")
     [parent] = [r for r in all_runs if CELL_TAG not in r.data.tags]
@@ -47,6 +54,10 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
     spans = sorted((r.info.start_time, r.info.end_time) for r in children)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two cells ran at once
     assert parent.data.metrics["sweep_energy_kwh"] > 0
+    assert parent.data.metrics["sweep_energy_kwh"] == pytest.approx(
+        sum(r.data.metrics["energy_consumed"] for r in children), rel=1e-9)
+    assert parent.data.metrics["sweep_emissions_kg"] == pytest.approx(
+        sum(r.data.metrics["emissions"] for r in children), rel=1e-9)
 
     dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
     assert "4 cells: 4 done, 0 failed, 0 pending" in dry.stdout, dry.stdout + dry.stderr
@@ -56,7 +67,7 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
     assert len(runs(store, "tiny-sweep")) == 5  # the same parent, reopened; no new child
 
 
-def test_a_failing_cell_is_retried_then_reported(store, tmp_path):
+def test_a_failing_cell_is_retried_then_reported_while_the_others_finish(store, tmp_path):
     data = tmp_path / "data" / "cifar-10-batches-py"
     data.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -67,16 +78,30 @@ def test_a_failing_cell_is_retried_then_reported(store, tmp_path):
         settings: {{epochs: 1, img_size: 32, workers: 0, data_dir: "{tmp_path / 'data'}"}}
         grid:
           - {{model: test_resnet, dataset: cifar10, batch_size: 16}}
+          - {{model: test_resnet, dataset: digits, batch_size: 64}}
     """))
     result = run_cli(["eemlflow.sweep", str(grid), "--retries", "1"], tracking_uri=store, cwd=tmp_path)
     assert result.returncode == 1
     assert "1 retries, 1 failed: test_resnet-cifar10-e1-b16" in result.stderr, result.stderr[-2000:]
     assert "is not a CIFAR batch" in result.stderr  # the child's own error line, shown in the report
+    client = MlflowClient(store)
     children = [r for r in runs(store, "broken") if CELL_TAG in r.data.tags]
-    assert sorted(r.data.tags["eemlflow.attempt"] for r in children) == ["1", "2"]
-    assert {r.info.status for r in children} == {"FAILED"}
+    failed = [r for r in children if r.info.run_name == "test_resnet-cifar10-e1-b16"]
+    [good] = [r for r in children if r.info.run_name == "test_resnet-digits-e1-b64"]
+    assert good.info.status == "FINISHED"
+    assert sorted(r.data.tags["eemlflow.attempt"] for r in failed) == ["1", "2"]
+    assert {r.info.status for r in failed} == {"FAILED"}
+    for run in failed:  # each attempt's output is on its run
+        [artifact] = [a.path for a in client.list_artifacts(run.info.run_id)]
+        assert artifact.endswith(".log")
+        text = Path(client.download_artifacts(run.info.run_id, artifact, str(tmp_path))).read_text()
+        assert "is not a CIFAR batch" in text
     [parent] = [r for r in runs(store, "broken") if CELL_TAG not in r.data.tags]
     assert parent.info.status == "FAILED"
+
+    again = run_cli(["eemlflow.sweep", str(grid), "--retries", "0"], tracking_uri=store, cwd=tmp_path)
+    assert again.returncode == 1 and "0 trained, 1 already done, 0 retries, 1 failed" in again.stderr, again.stderr
+    assert len([r for r in runs(store, "broken") if r.info.run_name == "test_resnet-cifar10-e1-b16"]) == 3  # retried
 
 
 def test_an_invalid_grid_is_refused_before_any_training(store, tmp_path):
@@ -105,25 +130,61 @@ def test_dry_run_of_the_study_lists_195_pending_cells(store, tmp_path):
     assert "195 cells: 0 done, 0 failed, 195 pending" in result.stdout
 
 
-def test_ctrl_c_kills_the_running_cell_and_the_parent_then_resumes(store, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_sweep_kills_the_running_cell_starts_no_other_and_resumes(store, tmp_path, sig):
     grid = tmp_path / "long.yaml"
-    grid.write_text("name: long\nsettings: {dataset: digits, img_size: 32, workers: 0, epochs: 40}\n"
-                    "grid:\n  - {model: test_resnet, batch_size: 32}\n")
+    grid.write_text("name: long\nsettings: {dataset: digits, img_size: 32, workers: 0, epochs: 6, "
+                    "measure_power_secs: 5}\ngrid:\n  - {model: test_resnet, batch_size: [32, 64]}\n")
     proc = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid)], cwd=tmp_path, env=cli_env(store),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(store)
     deadline = time.time() + 240
-    while time.time() < deadline:  # wait until the child has logged an epoch
+    while time.time() < deadline:  # wait until the first child has logged an epoch
         children = [r for r in runs(store, "long") if CELL_TAG in r.data.tags]
         if children and client.get_metric_history(children[0].info.run_id, "train_loss"):
             break
         time.sleep(1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     err = proc.communicate(timeout=180)[1]
     assert proc.returncode == 130, err[-2000:]
-    [child] = [r for r in runs(store, "long") if CELL_TAG in r.data.tags]
+    [child] = [r for r in runs(store, "long") if CELL_TAG in r.data.tags]  # the second cell never started
     [parent] = [r for r in runs(store, "long") if CELL_TAG not in r.data.tags]
     assert (child.info.status, parent.info.status) == ("KILLED", "KILLED")
-    assert child.data.metrics["energy_consumed"] > 0
+    assert child.data.tags["eemlflow.status"] == "KILLED" and child.data.metrics["energy_consumed"] > 0
     dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
-    assert "1 cells: 0 done, 1 failed, 0 pending" in dry.stdout  # a rerun trains it again
+    assert "2 cells: 0 done, 1 failed, 1 pending" in dry.stdout, dry.stdout
+    if sig == signal.SIGTERM:
+        return  # resuming is the same whichever signal stopped it: checked once, below
+
+    again = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
+    assert again.returncode == 0 and "2 trained, 0 already done" in again.stderr, again.stderr[-2000:]
+    children = [r for r in runs(store, "long") if CELL_TAG in r.data.tags]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED", "KILLED"]
+    [same_parent] = [r for r in runs(store, "long") if CELL_TAG not in r.data.tags]
+    assert same_parent.info.run_id == parent.info.run_id and same_parent.info.status == "FINISHED"
+    assert same_parent.data.metrics["sweep_done"] == 2
+
+
+def test_a_cells_key_ignores_where_and_how_fast_it_runs_but_nothing_else():
+    base = Cell(TrainConfig(model="resnet18", dataset="digits", epochs=3))
+    for execution_only in ({"data_dir": "/elsewhere"}, {"workers": 16}, {"download": True}):
+        assert Cell(base.config.replace(**execution_only)).cell_id == base.cell_id, execution_only
+    for result_changing in ({"epochs": 4}, {"batch_size": 64}, {"lr": 0.3}, {"seed": 1}, {"mode": "fast"},
+                            {"model": "resnet34"}, {"dataset": "cifar10"}, {"img_size": 64}):
+        assert Cell(base.config.replace(**result_changing)).cell_id != base.cell_id, result_changing
+
+
+def test_the_launchers_sweep_and_export_entry_points_take_empty_values(store, tmp_path):
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID)
+    sweep = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
+                            "-P", f"grid={grid}", "-P", "dry_run=true"],  # only, set, gpus: empty defaults
+                           cwd=tmp_path, env=cli_env(store), capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert "4 cells: 0 done, 0 failed, 4 pending" in sweep.stdout
+    out = tmp_path / "exported.csv"
+    export = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "export", "--env-manager",
+                             "local", "-P", f"output={out}"], cwd=tmp_path, env=cli_env(store), capture_output=True,
+                            text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert out.read_text().splitlines()[0].startswith("timestamp,project_name,run_id")
