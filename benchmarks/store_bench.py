@@ -29,9 +29,9 @@ def writer(uri: str, epochs: int, barrier: "mp.Barrier", results: "mp.Queue") ->
     """One training's worth of store traffic; puts (ok, [epoch log seconds], error) on ``results``."""
     latencies: list[float] = []
     try:
-        from eemlflow.config import TrainConfig
+        from eemlflow.training.config import TrainConfig
         from eemlflow.energy import EnergyReading
-        from eemlflow.loop import EpochResult
+        from eemlflow.training.recipe import EpochResult
         from eemlflow.store import connect
         from eemlflow.tracking import TrainingRun
     finally:

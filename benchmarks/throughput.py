@@ -33,10 +33,10 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from eemlflow.config import TrainConfig  # noqa: E402
-from eemlflow.data import load_data  # noqa: E402
+from eemlflow.training.config import TrainConfig  # noqa: E402
+from eemlflow.training.data import load_data  # noqa: E402
 from eemlflow.energy import EnergyMonitor  # noqa: E402
-from eemlflow.loop import build_recipe, resolve_device, train_loss_fn, train_step  # noqa: E402
+from eemlflow.training.recipe import build_recipe, resolve_device, train_loss_fn, train_step  # noqa: E402
 from eemlflow.sweep import load_grid  # noqa: E402
 
 VARIANTS = ("step", "faithful", "gpu-path", "fast")
@@ -131,7 +131,7 @@ def bench_model(model: str, args, data, device, meter: EnergyMeter) -> dict:
 
 def tracking_overhead(cfg: TrainConfig, args, data, device, meter: EnergyMeter) -> float:
     """Wall time of the same epochs with CodeCarbon epoch windows + one MLflow log_batch per epoch, vs without."""
-    from eemlflow.loop import EpochResult
+    from eemlflow.training.recipe import EpochResult
     from eemlflow.store import connect
     from eemlflow.tracking import TrainingRun
 

@@ -7,9 +7,9 @@ from typing import Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from eemlflow.config import TrainConfig
+from eemlflow.training.config import TrainConfig
 from eemlflow.energy import EnergyReading
-from eemlflow.loop import EpochResult
+from eemlflow.training.recipe import EpochResult
 
 
 def format_energy(reading: Optional[EnergyReading]) -> str:

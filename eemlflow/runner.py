@@ -16,13 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol
 
-from eemlflow.config import TrainConfig
-from eemlflow.data import load_data
+from eemlflow.training.config import TrainConfig
+from eemlflow.training.data import load_data
 from eemlflow.errors import EemlflowError
 from eemlflow.gpu_ids import nvml_indices, nvml_uuid_table
 from eemlflow.energy import EmissionsData, EnergyMonitor, EnergyReading, suspicions
-from eemlflow.loop import EpochResult, build_recipe, resolve_device, run_epochs
-from eemlflow.models import check_model_name
+from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs
+from eemlflow.training.models import check_model_name
 from eemlflow.store import connect
 from eemlflow.tracking import DEFAULT_EXPERIMENT, TrainingRun, environment
 

@@ -38,10 +38,10 @@ if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
-from eemlflow.config import TrainConfig
-from eemlflow.data import check_available
+from eemlflow.training.config import TrainConfig
+from eemlflow.training.data import check_available
 from eemlflow.errors import EemlflowError
-from eemlflow.models import check_model_name
+from eemlflow.training.models import check_model_name
 
 log = logging.getLogger(__name__)
 

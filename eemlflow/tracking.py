@@ -22,11 +22,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 import eemlflow
 from eemlflow import schema
-from eemlflow.config import TrainConfig
-from eemlflow.data import ImageData
+from eemlflow.training.config import TrainConfig
+from eemlflow.training.data import ImageData
 from eemlflow.energy import J_PER_KWH, EmissionsData, EnergyReading, Provenance
 from eemlflow.errors import EemlflowError
-from eemlflow.loop import EpochResult
+from eemlflow.training.recipe import EpochResult
 from eemlflow.store import StoreWriter, experiment_id_for
 from eemlflow.store.connect import _env, describe_store_error
 from eemlflow.store.writer import spool_path_for, with_retries

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from rich.console import Console
 
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, print_error
-from eemlflow.config import TrainConfig
+from eemlflow.training.config import TrainConfig
 from eemlflow.errors import EemlflowError
 from eemlflow.progress import RichReporter
 

@@ -1,7 +1,7 @@
 import yaml
 import pytest
 
-from eemlflow.config import TrainConfig
+from eemlflow.training.config import TrainConfig
 from eemlflow.errors import EemlflowError
 from conftest import REPO
 

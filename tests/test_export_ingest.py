@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from eemlflow import schema
-from eemlflow.config import TrainConfig
+from eemlflow.training.config import TrainConfig
 from eemlflow.export import collect_rows, write_csv
 from eemlflow.ingest import ingest, read_csv
 from eemlflow.runner import train_run

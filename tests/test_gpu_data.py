@@ -12,8 +12,8 @@ from PIL import Image
 from timm.data import create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
-from eemlflow.data import load_data
-from eemlflow.gpu_data import DeviceLoader, sample_crop_boxes
+from eemlflow.training.data import load_data
+from eemlflow.training.device_data import DeviceLoader, sample_crop_boxes
 
 SIZE = 64
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from eemlflow.config import TrainConfig
+from eemlflow.training.config import TrainConfig
 from eemlflow.sweep import CELL_TAG, Cell, load_grid
 from conftest import REPO, cli_env, run_cli
 

@@ -17,9 +17,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from eemlflow import schema
-from eemlflow.config import TrainConfig
-from eemlflow.data import load_data
-from eemlflow.loop import build_recipe
+from eemlflow.training.config import TrainConfig
+from eemlflow.training.data import load_data
+from eemlflow.training.recipe import build_recipe
 from eemlflow.energy import EnergyMonitor
 from eemlflow.runner import RunOutcome, _close, train_run
 from eemlflow.store import connect

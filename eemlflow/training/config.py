@@ -136,7 +136,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _check_country(code: str) -> None:
-    import pycountry  # a CodeCarbon dependency; imported here to keep `import eemlflow.config` light
+    import pycountry  # a CodeCarbon dependency; imported here to keep `import eemlflow.training.config` light
 
     if len(code) != 3 or pycountry.countries.get(alpha_3=code.upper()) is None:
         raise EemlflowError(

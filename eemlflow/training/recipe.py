@@ -25,11 +25,11 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import accuracy, random_seed
 
-from eemlflow.config import TrainConfig
-from eemlflow.data import ImageData
+from eemlflow.training.config import TrainConfig
+from eemlflow.training.data import ImageData
 from eemlflow.errors import EemlflowError
-from eemlflow.gpu_data import DeviceLoader
-from eemlflow.models import create_model
+from eemlflow.training.device_data import DeviceLoader
+from eemlflow.training.models import create_model
 
 # timm train.py defaults that make up the study's recipe.
 MOMENTUM = 0.9
@@ -138,7 +138,7 @@ def _timm_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: tor
 
 
 def _device_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: torch.device, channels_last: bool):
-    """The same transforms done batch-wise on the device (``eemlflow.gpu_data``)."""
+    """The same transforms done batch-wise on the device (``eemlflow.training.device_data``)."""
     common = dict(
         batch_size=cfg.batch_size, input_size=tuple(data_cfg["input_size"]), mean=data_cfg["mean"],
         std=data_cfg["std"], crop_pct=data_cfg["crop_pct"], device=device, seed=cfg.seed,
