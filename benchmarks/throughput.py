@@ -35,7 +35,7 @@ from rich.table import Table  # noqa: E402
 
 from eemlflow.training.config import TrainConfig  # noqa: E402
 from eemlflow.training.data import load_data  # noqa: E402
-from eemlflow.energy import EnergyMonitor  # noqa: E402
+from eemlflow.measure.energy import EnergyMonitor  # noqa: E402
 from eemlflow.training.recipe import build_recipe, resolve_device, train_loss_fn, train_step  # noqa: E402
 from eemlflow.sweep import load_grid  # noqa: E402
 

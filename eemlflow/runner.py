@@ -19,8 +19,8 @@ from typing import Iterator, Optional, Protocol
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
 from eemlflow.errors import EemlflowError
-from eemlflow.gpu_ids import nvml_indices, nvml_uuid_table
-from eemlflow.energy import EmissionsData, EnergyMonitor, EnergyReading, suspicions
+from eemlflow.measure.gpu_ids import nvml_indices, nvml_uuid_table
+from eemlflow.measure.energy import EmissionsData, EnergyMonitor, EnergyReading, suspicions
 from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs
 from eemlflow.training.models import check_model_name
 from eemlflow.store import connect

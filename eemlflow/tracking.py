@@ -24,7 +24,7 @@ import eemlflow
 from eemlflow import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
-from eemlflow.energy import J_PER_KWH, EmissionsData, EnergyReading, Provenance
+from eemlflow.measure.energy import J_PER_KWH, EmissionsData, EnergyReading, Provenance
 from eemlflow.errors import EemlflowError
 from eemlflow.training.recipe import EpochResult
 from eemlflow.store import StoreWriter, experiment_id_for

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from eemlflow.energy import EnergyMonitor, suspicions
+from eemlflow.measure.energy import EnergyMonitor, suspicions
 from eemlflow.errors import EemlflowError
-from eemlflow.gpu_ids import nvml_indices
+from eemlflow.measure.gpu_ids import nvml_indices
 from conftest import gpu_present
 
 

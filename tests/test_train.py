@@ -20,7 +20,7 @@ from eemlflow import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
 from eemlflow.training.recipe import build_recipe
-from eemlflow.energy import EnergyMonitor
+from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.runner import RunOutcome, _close, train_run
 from eemlflow.store import connect
 from eemlflow.tracking import TrainingRun
