@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import mlflow  # noqa: E402
 
 from eemlflow import schema  # noqa: E402
-from eemlflow.export import collect_rows, write_csv  # noqa: E402
-from eemlflow.ingest import ingest, read_csv  # noqa: E402
+from eemlflow.store.export import collect_rows, write_csv  # noqa: E402
+from eemlflow.store.ingest import ingest, read_csv  # noqa: E402
 from eemlflow.store import connect  # noqa: E402
 from test_export_ingest import study_rows  # noqa: E402  (the same awkward rows the round-trip test uses)
 

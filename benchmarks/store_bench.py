@@ -33,7 +33,7 @@ def writer(uri: str, epochs: int, barrier: "mp.Barrier", results: "mp.Queue") ->
         from eemlflow.measure.energy import EnergyReading
         from eemlflow.training.recipe import EpochResult
         from eemlflow.store import connect
-        from eemlflow.tracking import TrainingRun
+        from eemlflow.store.run import TrainingRun
     finally:
         barrier.wait()  # every writer has imported torch, timm and MLflow: now all at once
     try:

@@ -133,7 +133,7 @@ def tracking_overhead(cfg: TrainConfig, args, data, device, meter: EnergyMeter) 
     """Wall time of the same epochs with CodeCarbon epoch windows + one MLflow log_batch per epoch, vs without."""
     from eemlflow.training.recipe import EpochResult
     from eemlflow.store import connect
-    from eemlflow.tracking import TrainingRun
+    from eemlflow.store.run import TrainingRun
 
     epoch_steps = max(1, args.steps // 5)
     recipe = build_recipe(cfg, data, device)

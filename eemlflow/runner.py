@@ -24,7 +24,7 @@ from eemlflow.measure.energy import EmissionsData, EnergyMonitor, EnergyReading,
 from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs
 from eemlflow.training.models import check_model_name
 from eemlflow.store import connect
-from eemlflow.tracking import DEFAULT_EXPERIMENT, TrainingRun, environment
+from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun, environment
 
 log = logging.getLogger(__name__)
 

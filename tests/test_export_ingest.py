@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from eemlflow import schema
+from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
-from eemlflow.export import collect_rows, write_csv
-from eemlflow.ingest import ingest, read_csv
+from eemlflow.store.export import collect_rows, write_csv
+from eemlflow.store.ingest import ingest, read_csv
 from eemlflow.runner import train_run
 from eemlflow.store import connect
 from conftest import cli_env, run_cli

@@ -1,4 +1,4 @@
-from eemlflow import schema
+from eemlflow.store import schema
 
 # The header of the study's published CSV (SPEC section 1), in order.
 STUDY_HEADER = (

@@ -16,14 +16,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from eemlflow import schema
+from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
 from eemlflow.training.recipe import build_recipe
 from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.runner import RunOutcome, _close, train_run
 from eemlflow.store import connect
-from eemlflow.tracking import TrainingRun
+from eemlflow.store.run import TrainingRun
 from conftest import REPO, cli_env, gpu_present, rapl_readable, run_cli
 from cifar_files import write_cifar10
 

@@ -1,10 +1,11 @@
-"""The tracking store: how eemlflow reaches MLflow and keeps every record even when the store misbehaves.
+"""The tracking store: where every figure of a run lives in MLflow, and how it gets there and back out.
 
-Owns: connecting to a store (sqlite file, PostgreSQL, ``mlflow server``) with its schema created once under a
-lock, get-or-create of experiments that tolerates concurrent writers, the translation of store failures into
-one-line ``EemlflowError``s, and the resilient writer (bounded retries, then a local spool file that
-``python -m eemlflow.runs replay`` puts back). May import ``eemlflow.errors`` and MLflow; nothing of training,
-energy or the command lines.
+Owns the study's schema and every MLflow key eemlflow writes or reads (``schema``); reaching a store with its
+schema created once under a lock, race-tolerant get-or-create, one-line errors (``connect``); the resilient
+writer — bounded retries, then a local spool that ``python -m eemlflow.runs replay`` puts back (``writer``); one
+training run's records (``run``); the CSV export and the ingest of published CSVs (``export``, ``ingest``).
+May import ``eemlflow.training`` and ``eemlflow.measure`` (for the types it logs), MLflow and pandas; nothing of
+the runner, the sweep or the command lines.
 """
 
 from eemlflow.store.connect import connect, experiment_id_for, search_all_runs

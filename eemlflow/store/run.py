@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 import eemlflow
-from eemlflow import schema
+from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
 from eemlflow.measure.energy import J_PER_KWH, EmissionsData, EnergyReading, Provenance

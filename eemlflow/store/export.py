@@ -1,0 +1,95 @@
+"""The study's CSV rebuilt from a tracking store: rows collected through ``schema`` and written atomically.
+
+Rows come from ``MlflowClient.search_runs`` pages of active runs (params, tags and latest metrics in one call per
+page of up to 50,000 runs, no per-run requests), are decoded column by column through ``eemlflow.store.schema``,
+and are written atomically: a temporary file beside the target, renamed over it once complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+
+import pandas as pd
+
+if TYPE_CHECKING:  # for type hints only
+    from mlflow.tracking import MlflowClient
+
+from eemlflow.errors import EemlflowError
+from eemlflow.store import schema
+from eemlflow.store.connect import search_all_runs
+
+DEFAULT_OUTPUT = Path("Dataset/image_classification/training_energy.csv")
+STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
+
+
+def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = None, statuses: Iterable[str] = ("FINISHED",),
+                 with_extras: bool = False) -> pd.DataFrame:
+    """One row per eemlflow run (trained or ingested) in ``experiments`` (names; all when None).
+
+    Runs without the ``eemlflow.row`` tag (a sweep's parent, other projects' runs) are not rows.
+    Values are typed per the schema: ints as ints, missing as None; ordered by timestamp, then run_id.
+    """
+    names = _experiment_names(client, experiments)
+    columns = schema.COLUMNS + (schema.EXTRAS if with_extras else ())
+    status_list = [s.upper() for s in statuses]
+    for s in status_list:
+        if s not in STATUSES:
+            raise EemlflowError(f"unknown run status {s!r}: choose among {', '.join(STATUSES)}")
+    rows = []
+    if names:
+        for run in search_all_runs(client, list(names), f"tags.`{schema.ROW_TAG}` LIKE '%'"):
+            if run.info.status in status_list:
+                rows.append(schema.read_run(run, names[run.info.experiment_id], columns))
+    frame = pd.DataFrame(rows, columns=[c.name for c in columns], dtype=object)
+    if len(frame):
+        order = sorted(range(len(rows)), key=lambda i: (rows[i]["timestamp"] or "", rows[i]["run_id"] or ""))
+        frame = frame.iloc[order].reset_index(drop=True)
+    return frame
+
+
+def _experiment_names(client: MlflowClient, wanted: Optional[Sequence[str]]) -> dict[str, str]:
+    """Experiment id -> name, for the named experiments (an unknown name is an error) or all of them."""
+    if wanted:
+        found = {}
+        for name in wanted:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise EemlflowError(f"no experiment named {name!r} on the tracking server")
+            found[exp.experiment_id] = exp.name
+        return found
+    found, token = {}, None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        found.update({e.experiment_id: e.name for e in page})
+        token = page.token
+        if not token:
+            return found
+
+
+def to_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells as the CSV writes them: exact float reprs, integers without '.0', empty for missing."""
+    return frame.apply(lambda col: col.map(schema.format_value)) if len(frame) else frame
+
+
+def write_csv(frame: pd.DataFrame, output: str | Path) -> None:
+    """Write atomically: a failure midway leaves any previous file untouched. ``-`` writes to stdout."""
+    text = to_text(frame)
+    if str(output) == "-":
+        text.to_csv(sys.stdout, index=False)
+        return
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            text.to_csv(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
