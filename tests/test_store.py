@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli_env, run_cli
+from conftest import cli_env, run_cli
 from services import MlflowServer, postgres, postgres_bin
 from test_export_ingest import study_rows, typed, write_rows
 

@@ -1,0 +1,11 @@
+"""Sweeps: a grid of trainings as one resumable MLflow parent run with a child run per cell.
+
+Owns the grid file and its cells (``grid``), the sweep's records in MLflow — cell states, the parent and its
+totals (``bookkeeping``) — and the scheduler that runs each cell in its own training process (``scheduler``);
+``python -m eemlflow.sweep`` is its command line (``__main__``). May import ``eemlflow.training`` (settings and
+validation) and ``eemlflow.store``; it starts trainings as processes, so it never imports the runner.
+"""
+
+from eemlflow.sweep.grid import CELL_TAG, Cell, Grid, load_grid
+
+__all__ = ["CELL_TAG", "Cell", "Grid", "load_grid"]

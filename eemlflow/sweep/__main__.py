@@ -1,0 +1,107 @@
+"""``python -m eemlflow.sweep GRID``: a grid of training runs as one resumable MLflow sweep.
+
+The sweep is a parent run; every cell is a child run (``mlflow.parentRunId``), trained by ``eemlflow.train`` in a
+process of its own. Resume: a cell is identified by its settings (``eemlflow.cell_id``: a hash of every setting
+that changes the result, i.e. all but data_dir, workers and download); a cell with a FINISHED run in the
+experiment is skipped, so the same command after an interruption carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections import Counter
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:  # for type hints only
+    from mlflow.tracking import MlflowClient
+
+from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
+from eemlflow.errors import EemlflowError
+from eemlflow.sweep.bookkeeping import cell_states, close_parent, open_parent
+from eemlflow.sweep.grid import Grid, check_data, load_grid, parse_pairs
+from eemlflow.sweep.scheduler import Sweep
+
+
+def dry_run(client: MlflowClient, grid: Grid, experiment_id: Optional[str], console: Console) -> None:
+    states = cell_states(client, experiment_id) if experiment_id else {}
+    table = Table(title=f"sweep {grid.name}: {len(grid.cells)} cells")
+    for name in ("#", "model", "dataset", "epochs", "batch_size", "state"):
+        table.add_column(name)
+    for i, cell in enumerate(grid.cells, start=1):
+        c = cell.config
+        table.add_row(str(i), c.model, c.dataset, str(c.epochs), str(c.batch_size), states.get(cell.cell_id, "pending"))
+    console.print(table)
+    counts = Counter(states.get(c.cell_id, "pending") for c in grid.cells)
+    console.print(f"{len(grid.cells)} cells: {counts['done']} done, {counts['failed']} failed, "
+                  f"{counts['pending']} pending", highlight=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eemlflow.sweep", description="Run a grid of trainings as one resumable sweep.")
+    p.add_argument("grid", help="grid file, e.g. sweeps/ee-training.yaml")
+    p.add_argument("--dry-run", nargs="?", const="true", default="false", help="list the cells and their state, train nothing")
+    p.add_argument("--only", action="append", default=[], help="keep cells matching key=value[,key=value]")
+    p.add_argument("--set", action="append", default=[], dest="overrides", help="override a setting in every cell: key=value")
+    p.add_argument("--retries", default="1", help="extra attempts for a failed cell (default 1)")
+    p.add_argument("--gpus", default="", help="comma-separated GPU ids: one cell per GPU at a time")
+    p.add_argument("--experiment", default=None, help="experiment name (default: the grid's `experiment`)")
+    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    console = Console(stderr=True)
+    try:
+        from eemlflow.store import connect
+        import mlflow
+
+        retries = _nonnegative_int(args.retries, "--retries")
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        grid = load_grid(args.grid, parse_pairs(args.overrides, "--set"), parse_pairs(args.only, "--only"))
+        client = connect(args.tracking_uri)
+        if args.dry_run.lower() in ("true", "1", "yes"):
+            exp = client.get_experiment_by_name(args.experiment or grid.experiment)
+            dry_run(client, grid, exp.experiment_id if exp else None, Console())
+            return 0
+        check_data(grid)
+        experiment_id, parent_id = open_parent(client, grid, args.experiment)
+    except EemlflowError as e:
+        return print_error(console, e)
+    sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus, console)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
+    status = "FAILED"
+    try:
+        tally = sweep.run()
+        status = "FAILED" if tally.failed else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        close_parent(client, grid, experiment_id, parent_id, status)
+    console.print(f"sweep {grid.name}: {tally.done} trained, {tally.skipped} already done, {tally.retried} retries, "
+                  f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
+                  f"{tally.energy_kwh * 1000:.3f} Wh this time", highlight=False, soft_wrap=True)
+    return EXIT_FAILED if tally.failed else 0
+
+
+def _nonnegative_int(raw: str, what: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise EemlflowError(f"{what} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise EemlflowError(f"{what} must be 0 or more, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""A grid file expanded into validated cells, each keyed by the settings that change its result."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from eemlflow.errors import EemlflowError
+from eemlflow.training import TrainConfig, check_available, check_model_name
+
+EXECUTION_ONLY = ("data_dir", "workers", "download")  # settings that do not change a cell's result
+CELL_TAG = "eemlflow.cell_id"
+SWEEP_TAG = "eemlflow.sweep_id"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    config: TrainConfig
+
+    @property
+    def cell_id(self) -> str:
+        settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in EXECUTION_ONLY}
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def command(self) -> list[str]:
+        """The ``eemlflow.train`` command line for this cell (every setting spelled out)."""
+        args = [sys.executable, "-m", "eemlflow.train"]
+        for name, value in dataclasses.asdict(self.config).items():
+            if value is not None:
+                args += [f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+        return args
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    experiment: str
+    cells: tuple[Cell, ...]
+
+    @property
+    def sweep_id(self) -> str:
+        return hashlib.sha1(",".join(sorted(c.cell_id for c in self.cells)).encode()).hexdigest()[:16]
+
+
+def parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    """``["a=1,b=2", "c=3"]`` -> ``{"a": "1", "b": "2", "c": "3"}``; a pair without '=' is an error."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise EemlflowError(f"{what} takes key=value pairs, got {part!r}")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def load_grid(path: str | Path, overrides: Optional[dict[str, str]] = None,
+              only: Optional[dict[str, str]] = None) -> Grid:
+    """Expand a grid file into validated cells; every bad cell is listed in one error."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EemlflowError(f"{path}: no such grid file") from None
+    except yaml.YAMLError as e:
+        raise EemlflowError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), list) or not spec["grid"]:
+        raise EemlflowError(f"{path}: expected a mapping with a non-empty `grid` list (see sweeps/ee-training.yaml)")
+    settings = spec.get("settings") or {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in (*(only or {}), *(overrides or {})):
+        if key not in known:
+            raise EemlflowError(f"unknown setting {key!r} in --only/--set: known settings are {', '.join(sorted(known))}")
+    cells: dict[str, Cell] = {}
+    errors: list[str] = []
+    for index, entry in enumerate(spec["grid"], start=1):
+        if not isinstance(entry, dict):
+            errors.append(f"grid entry {index}: expected a mapping of settings, got {entry!r}")
+            continue
+        lists = {k: v if isinstance(v, list) else [v] for k, v in entry.items()}
+        for combo in itertools.product(*lists.values()):
+            values = {**settings, **dict(zip(lists, combo)), **(overrides or {})}
+            label = ", ".join(f"{k}={v}" for k, v in zip(lists, combo))
+            try:
+                cfg = TrainConfig.from_strings({k: None if v is None else str(v) for k, v in values.items()})
+                check_model_name(cfg.model)
+            except EemlflowError as e:
+                errors.append(f"grid entry {index} ({label}): {e}")
+                continue
+            if only and any(str(getattr(cfg, k)) != v for k, v in only.items()):
+                continue
+            cell = Cell(cfg)
+            cells.setdefault(cell.cell_id, cell)
+    if errors:
+        raise EemlflowError(f"{path}: {len(errors)} bad cells, nothing was trained:\n  - " + "\n  - ".join(errors))
+    if not cells:
+        raise EemlflowError(f"{path}: no cell matches --only {only}")
+    return Grid(str(spec.get("name") or path.stem), str(spec.get("experiment") or path.stem), tuple(cells.values()))
+
+
+def check_data(grid: Grid) -> None:
+    """Every dataset the grid needs is on disk (before the first cell trains)."""
+    seen = {(c.config.dataset, c.config.data_dir, c.config.download) for c in grid.cells}
+    for dataset, data_dir, download in sorted(seen):
+        check_available(dataset, data_dir, download)
