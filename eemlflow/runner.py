@@ -20,7 +20,7 @@ from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.gpu_ids import nvml_indices, nvml_uuid_table
-from eemlflow.measure.energy import EmissionsData, EnergyMonitor, EnergyReading, suspicions
+from eemlflow.measure.energy import EnergyMonitor, EnergyReading, EnergyResult
 from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs
 from eemlflow.training.models import check_model_name
 from eemlflow.store import connect
@@ -47,7 +47,7 @@ class RunOutcome:
     run_id: str
     status: str
     epochs: list[EpochResult] = field(default_factory=list)
-    energy: Optional[EmissionsData] = None
+    energy: Optional[EnergyResult] = None
     error: Optional[str] = None
     unlogged: int = 0  # records the store did not take, kept in ``spool_path`` for a replay
     spool_path: Optional[str] = None
@@ -114,23 +114,18 @@ def train_run(
     finally:
         if reporter:
             reporter.end()
-        _close(run, monitor, outcome, device.type == "cuda")
+        _close(run, monitor, outcome)
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return outcome
 
 
-def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutcome, used_gpu: bool) -> None:
+def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutcome) -> None:
     """Log the energy measured so far and end the run; signals are held off until this is done."""
     with _signals_ignored():
         if monitor is not None:
-            final = monitor.stop()
-            provenance = monitor.provenance()
-            suspect = suspicions(final, provenance, used_gpu) if final is not None else []
-            for reason in suspect:
-                log.warning("suspect energy figures: %s", reason)
-            run.log_energy(final, provenance, suspect, monitor.failure)
-            outcome.energy = final
+            outcome.energy = monitor.stop()
+            run.log_energy(outcome.energy)
         run.finish(outcome.status, outcome.error)
         outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, print_error
 from eemlflow.training.config import TrainConfig
 from eemlflow.errors import EemlflowError
-from eemlflow.progress import RichReporter
+from eemlflow.progress import RichReporter, format_energy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,11 +66,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       highlight=False, soft_wrap=True)
         return EXIT_FAILED
     last = outcome.epochs[-1]
-    energy = outcome.energy
+    reading = outcome.energy.reading if outcome.energy else None
     console.print(
         f"done: run {outcome.run_id}  top1 {last.eval_top1:.2f} %  "
-        + (f"energy {energy.energy_consumed * 1000:.3f} Wh ({energy.energy_consumed:.3g} kWh), "
-           f"{energy.emissions * 1000:.3g} g CO2-eq in {energy.duration:.1f} s" if energy else "energy not measured"),
+        + (f"energy {format_energy(reading)} in {reading.duration_s:.1f} s" if reading else "energy not measured"),
         highlight=False, soft_wrap=True,
     )
     return 0

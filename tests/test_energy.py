@@ -22,7 +22,7 @@ def test_windows_nest_and_add_up():
     inner = monitor.end_window("inner")
     time.sleep(0.3)
     outer = monitor.end_window("outer")
-    final = monitor.stop()
+    final = monitor.stop().record
     assert 0 < inner.duration_s < outer.duration_s <= final.duration
     assert 0 < inner.energy_kwh < outer.energy_kwh <= final.energy_consumed
     assert outer.energy_j == pytest.approx(outer.energy_kwh * 3.6e6)
@@ -48,20 +48,25 @@ def test_a_tracker_that_stops_answering_is_a_failure_not_zeros():
     monitor._tracker.stop()  # CodeCarbon stopped underneath us: its flush() now returns nothing
     assert monitor.end_window("epoch") is None
     assert "stopped reporting" in monitor.failure
-    assert monitor.stop() is None and monitor.live() is None
+    result = monitor.stop()
+    assert result.record is None and result.reading is None and result.avg_power_w is None
+    assert "stopped reporting" in result.failure and monitor.live() is None
 
 
 def test_provenance_and_suspicions_on_this_machine():
     monitor = EnergyMonitor("USA", country_given=False, measure_power_secs=1)
     monitor.start()
-    final = monitor.stop()
-    provenance = monitor.provenance()
+    result = monitor.stop()
+    final, provenance = result.record, result.provenance
     assert provenance.country_source == "default"
     # CodeCarbon tracks every visible GPU when none is named: "none" only holds on a machine without one.
     assert provenance.gpu_method.startswith("none") == (not gpu_present())
     assert "estimate" in provenance.ram_method
-    tags = provenance.as_tags()
-    assert set(tags) >= {"energy.cpu_method", "energy.gpu_method", "energy.ram_method", "energy.country_source"}
+    fields = provenance.as_dict()
+    assert set(fields) >= {"cpu_method", "gpu_method", "ram_method", "country_source"}
+    # The result's average powers are energy / duration, in W.
+    assert result.avg_power_w == pytest.approx(final.energy_consumed * 3.6e6 / final.duration)
+    assert result.avg_cpu_power_w == pytest.approx(final.cpu_energy * 3.6e6 / final.duration)
     # The GPU checks, applied to this real record as a GPU run would report it:
     no_gpu_energy = dataclasses.replace(final, gpu_energy=0.0)
     assert any("gpu_energy is 0" in s for s in suspicions(no_gpu_energy, provenance, used_gpu=True))

@@ -290,7 +290,7 @@ def test_a_failed_tracker_is_flagged_on_the_run_without_zeros(store):
     monitor.begin_window("epoch")
     monitor._tracker.stop()  # a fake fault: CodeCarbon dying mid-run cannot be caused on purpose here
     assert monitor.end_window("epoch") is None  # the epoch's reading, as the runner takes it
-    _close(run, monitor, RunOutcome(run.run_id, "FINISHED"), used_gpu=False)
+    _close(run, monitor, RunOutcome(run.run_id, "FINISHED"))
     _, stored = only_run(store)
     assert "stopped reporting" in stored.data.tags["energy.failure"]
     assert "energy_consumed" not in stored.data.metrics and "gpu_energy" not in stored.data.metrics
@@ -300,10 +300,10 @@ def test_a_failed_tracker_is_flagged_on_the_run_without_zeros(store):
 def test_suspect_energy_is_flagged_on_the_run(store):
     cfg = TrainConfig(model="test_resnet", dataset="digits", img_size=32)
     run = TrainingRun.open(connect(store), cfg, "flags", system_metrics=False)
-    monitor = EnergyMonitor("USA", measure_power_secs=1)
+    # Training on GPU 0 that CodeCarbon cannot see (there is none here): what a run looks like without NVML.
+    monitor = EnergyMonitor("USA", measure_power_secs=1, gpu_ids=[0])
     monitor.start()
-    # Claimed GPU use with no GPU energy: what a run looks like when CodeCarbon does not see the GPU.
-    _close(run, monitor, RunOutcome(run.run_id, "FINISHED"), used_gpu=True)
+    _close(run, monitor, RunOutcome(run.run_id, "FINISHED"))
     _, stored = only_run(store)
     assert "gpu_energy is 0" in stored.data.tags["energy.suspect"]
     assert stored.data.metrics["energy_consumed"] > 0 and "energy.failure" not in stored.data.tags

@@ -25,6 +25,7 @@ from codecarbon.output_methods.emissions_data import EmissionsData
 log = logging.getLogger(__name__)
 
 J_PER_KWH = 3.6e6
+WH_PER_KWH = 1e3
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class EnergyReading:
 
     @property
     def energy_wh(self) -> float:
-        return self.energy_kwh * 1000
+        return self.energy_kwh * WH_PER_KWH
 
     @property
     def energy_j(self) -> float:
@@ -73,9 +74,49 @@ class Provenance:
     ram_method: str
     country_source: str
 
-    def as_tags(self) -> dict[str, str]:
-        return {f"energy.{f.name}": "" if getattr(self, f.name) is None else str(getattr(self, f.name))
-                for f in fields(self)}
+    def as_dict(self) -> dict[str, str]:
+        """Field name -> text (empty when unknown), for tags."""
+        return {f.name: "" if getattr(self, f.name) is None else str(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class EnergyResult:
+    """A run's energy as one value: CodeCarbon's final record, how each figure was obtained, what looks wrong.
+
+    ``record`` is None when the tracker failed (``failure`` says why): then no energy is logged rather than zeros.
+    The average powers are energy / duration in W — what the energy columns imply — unlike CodeCarbon's
+    ``cpu_power``/``gpu_power``/``ram_power``, which are plain means of its samples.
+    """
+
+    record: Optional[EmissionsData]
+    provenance: Provenance
+    suspicions: tuple[str, ...] = ()
+    failure: Optional[str] = None
+
+    @property
+    def reading(self) -> Optional[EnergyReading]:
+        return None if self.record is None else EnergyReading.from_emissions(self.record)
+
+    def _per_second(self, kwh: float) -> Optional[float]:
+        if self.record is None or not self.record.duration:
+            return None
+        return kwh * J_PER_KWH / self.record.duration
+
+    @property
+    def avg_cpu_power_w(self) -> Optional[float]:
+        return self._per_second(self.record.cpu_energy) if self.record else None
+
+    @property
+    def avg_gpu_power_w(self) -> Optional[float]:
+        return self._per_second(self.record.gpu_energy) if self.record else None
+
+    @property
+    def avg_ram_power_w(self) -> Optional[float]:
+        return self._per_second(self.record.ram_energy) if self.record else None
+
+    @property
+    def avg_power_w(self) -> Optional[float]:
+        return self._per_second(self.record.energy_consumed) if self.record else None
 
 
 _CPU_METHODS = {
@@ -117,7 +158,8 @@ class EnergyMonitor:
     Args:
         country_iso_code: ISO alpha-3 code of the grid's country (offline carbon intensity).
         country_given: whether the user chose the country (recorded as provenance) or it is the default.
-        gpu_ids: GPUs to measure (CodeCarbon's ``gpu_ids``); None measures every visible GPU.
+        gpu_ids: the GPUs training uses, measured alone (CodeCarbon's ``gpu_ids``); None for a CPU training
+            (CodeCarbon then measures every visible GPU, and a GPU with no energy is not suspect).
         measure_power_secs: CodeCarbon's sampling interval in seconds.
         project_name: CodeCarbon's project name (a CSV column).
     """
@@ -136,6 +178,7 @@ class EnergyMonitor:
         self._capture = _Capture()
         self._windows: dict[str, EnergyReading] = {}
         self._last: Optional[EnergyReading] = None
+        self._used_gpu = gpu_ids is not None
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code,
             project_name=project_name,
@@ -150,13 +193,12 @@ class EnergyMonitor:
         )
 
     def start(self) -> None:
-        """Start measuring; the run window opens here."""
+        """Start measuring (``stop`` gives the run's total)."""
         self._tracker.start()
         first = self._snapshot()
         if first is None:
             self.failure = "CodeCarbon's tracker did not start (it logs its own error above)"
             log.warning("energy tracking failed: %s", self.failure)
-        self._windows["run"] = _ZERO
 
     def begin_window(self, key: str) -> None:
         """Open a named window (e.g. ``epoch``); a key already open is a ValueError."""
@@ -177,14 +219,19 @@ class EnergyMonitor:
         data = self._capture.live
         return None if data is None or self.failure else EnergyReading.from_emissions(data)
 
-    def stop(self) -> Optional[EmissionsData]:
-        """Stop the tracker and return CodeCarbon's final record (None, with ``failure`` set, if it failed)."""
+    def stop(self) -> EnergyResult:
+        """Stop the tracker: the run's energy, its provenance and suspicions (no record if the tracker failed)."""
         self._tracker.stop()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
         if final is None and self.failure is None:
             self.failure = "CodeCarbon's tracker returned no final measurement (it logs its own error above)"
             log.warning("energy tracking failed: %s", self.failure)
-        return None if self.failure else final
+        record = None if self.failure else final
+        provenance = self.provenance()
+        suspect = tuple(suspicions(record, provenance, self._used_gpu)) if record is not None else ()
+        for reason in suspect:
+            log.warning("suspect energy figures: %s", reason)
+        return EnergyResult(record, provenance, suspect, self.failure)
 
     def _snapshot(self) -> Optional[EnergyReading]:
         if self.failure:

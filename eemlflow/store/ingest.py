@@ -128,7 +128,7 @@ def _create_run(client: MlflowClient, experiment_id: str, row: dict) -> None:
         schema.ROW_TAG: "ingested",
         schema.SOURCE_RUN_ID_TAG: row["run_id"],
         schema.SOURCE_EXPERIMENT_ID_TAG: row.get("experiment_id") or "",
-        "mlflow.runName": _run_name(row),
+        schema.RUN_NAME_TAG: _run_name(row),
     })
     run = client.create_run(experiment_id, start_time=start_ms, tags=tags)
     run_id = run.info.run_id

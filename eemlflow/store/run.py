@@ -24,7 +24,7 @@ import eemlflow
 from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
-from eemlflow.measure.energy import J_PER_KWH, EmissionsData, EnergyReading, Provenance
+from eemlflow.measure.energy import EnergyReading, EnergyResult
 from eemlflow.errors import EemlflowError
 from eemlflow.training.recipe import EpochResult
 from eemlflow.store import StoreWriter, experiment_id_for
@@ -75,7 +75,7 @@ class TrainingRun:
         except MlflowException as e:  # nothing has trained yet: a refusal here is the user's to fix
             raise EemlflowError(describe_store_error(e, client.tracking_uri)) from None
         run = cls(client, active.info.run_id)
-        run._log(tags={"mlflow.runName": cfg.run_name})
+        run._log(tags={schema.RUN_NAME_TAG: cfg.run_name})
         return run
 
     def log_setup(self, cfg: TrainConfig, data: ImageData, device: str, input_size: tuple[int, ...],
@@ -85,20 +85,20 @@ class TrainingRun:
         # `mlflow run` has already logged each -P value as typed; logging another spelling would fail.
         params = {k: schema.format_value(v) for k, v in vars(cfg).items() if k not in existing}
         params.update({
-            "base_lr": schema.format_value(cfg.base_lr),
-            "input_size": "x".join(str(s) for s in input_size),
-            "num_classes": str(data.num_classes),
-            "resolved_data_path": cfg.resolved_data_path,
-            "precision": cfg.precision,
-            "resolved_device": device,
+            schema.BASE_LR_PARAM: schema.format_value(cfg.base_lr),
+            schema.INPUT_SIZE_PARAM: "x".join(str(s) for s in input_size),
+            schema.NUM_CLASSES_PARAM: str(data.num_classes),
+            schema.RESOLVED_DATA_PATH_PARAM: cfg.resolved_data_path,
+            schema.PRECISION_PARAM: cfg.precision,
+            schema.RESOLVED_DEVICE_PARAM: device,
         })
         tags = {
             schema.ROW_TAG: "train",
-            "mlflow.note.content": _description(cfg, data, device, input_size),
+            schema.NOTE_TAG: _description(cfg, data, device, input_size),
             **environment,
         }
         if data.synthetic:
-            tags["eemlflow.synthetic"] = "true: random images, accuracy is meaningless (throughput only)"
+            tags[schema.SYNTHETIC_TAG] = "true: random images, accuracy is meaningless (throughput only)"
         self._log(params=params, tags=tags)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns that a path "can be interpreted in multiple ways"
@@ -120,56 +120,52 @@ class TrainingRun:
             except Exception as e:
                 if attempt == 2:
                     log.warning("dataset %s not recorded on the run: %s", dataset.name, str(e).splitlines()[0][:200])
-                    self._log(tags={f"eemlflow.input_not_recorded.{context}": str(e).splitlines()[0][:500]})
+                    self._log(tags={schema.INPUT_NOT_RECORDED_TAG.format(context=context): str(e).splitlines()[0][:500]})
                 else:
                     time.sleep(0.5)
 
     def log_epoch(self, result: EpochResult, energy: Optional[EnergyReading], total: Optional[EnergyReading]) -> None:
         """The epoch's losses, accuracies, lr and throughput, and its energy (step = epoch number, from 1)."""
+        key = schema.EPOCH
         values = {
-            "train_loss": result.train_loss,
-            "eval_loss": result.eval_loss,
-            "eval_top1": result.eval_top1,
-            "eval_top5": result.eval_top5,
-            "lr": result.lr,
-            "epoch_train_seconds": result.train_seconds,
-            "images_per_s": result.images_per_s,
+            key.train_loss: result.train_loss,
+            key.eval_loss: result.eval_loss,
+            key.eval_top1: result.eval_top1,
+            key.eval_top5: result.eval_top5,
+            key.lr: result.lr,
+            key.train_seconds: result.train_seconds,
+            key.images_per_s: result.images_per_s,
         }
         if energy is not None:
             values.update({
-                "epoch_energy_kwh": energy.energy_kwh,
-                "epoch_cpu_energy_kwh": energy.cpu_energy_kwh,
-                "epoch_gpu_energy_kwh": energy.gpu_energy_kwh,
-                "epoch_ram_energy_kwh": energy.ram_energy_kwh,
-                "epoch_emissions_kg": energy.emissions_kg,
-                "epoch_duration_s": energy.duration_s,
-                "epoch_energy_j_per_image": energy.energy_j / result.train_images if result.train_images else 0.0,
+                key.energy_kwh: energy.energy_kwh,
+                key.cpu_energy_kwh: energy.cpu_energy_kwh,
+                key.gpu_energy_kwh: energy.gpu_energy_kwh,
+                key.ram_energy_kwh: energy.ram_energy_kwh,
+                key.emissions_kg: energy.emissions_kg,
+                key.duration_s: energy.duration_s,
+                key.j_per_image: energy.energy_j / result.train_images if result.train_images else 0.0,
             })
         if total is not None:
-            values["energy_so_far_kwh"] = total.energy_kwh
+            values[key.energy_so_far_kwh] = total.energy_kwh
         self._log(metrics=values, step=result.epoch + 1)
 
-    def log_energy(self, final: Optional[EmissionsData], provenance: Provenance, suspect: list[str],
-                   failure: Optional[str]) -> None:
+    def log_energy(self, energy: EnergyResult) -> None:
         """CodeCarbon's final record (every field), time-weighted powers, provenance and warnings."""
-        tags = provenance.as_tags()
+        tags = {schema.ENERGY_TAG_PREFIX + k: v for k, v in energy.provenance.as_dict().items()}
         metrics: dict[str, float] = {}
         params: dict[str, str] = {}
-        if final is not None:
-            params, metrics, cc_tags = schema.to_mlflow(final.values, schema.CODECARBON_FIELDS)
+        if energy.record is not None:
+            params, metrics, cc_tags = schema.to_mlflow(energy.record.values, schema.CODECARBON_FIELDS)
             tags.update(cc_tags)
-            duration = final.duration or float("nan")
-            metrics.update({
-                "avg_cpu_power_w": final.cpu_energy * J_PER_KWH / duration,
-                "avg_gpu_power_w": final.gpu_energy * J_PER_KWH / duration,
-                "avg_ram_power_w": final.ram_energy * J_PER_KWH / duration,
-                "avg_power_w": final.energy_consumed * J_PER_KWH / duration,
-                "energy_wh": final.energy_consumed * 1000,
-            })
-        if failure:
-            tags["energy.failure"] = failure
-        if suspect:
-            tags["energy.suspect"] = " | ".join(suspect)
+            derived = {"avg_cpu_power_w": energy.avg_cpu_power_w, "avg_gpu_power_w": energy.avg_gpu_power_w,
+                       "avg_ram_power_w": energy.avg_ram_power_w, "avg_power_w": energy.avg_power_w,
+                       "energy_wh": energy.reading.energy_wh}
+            metrics.update({schema.BY_NAME[name].key: value for name, value in derived.items() if value is not None})
+        if energy.failure:
+            tags[schema.ENERGY_FAILURE_TAG] = energy.failure
+        if energy.suspicions:
+            tags[schema.ENERGY_SUSPECT_TAG] = " | ".join(energy.suspicions)
         self._log(params=params, metrics=metrics, tags=tags)
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
@@ -179,7 +175,7 @@ class TrainingRun:
         marks the run FAILED after any non-zero exit, KILLED included (its ``_maybe_set_run_terminated``
         compares the string status with integer codes, so it never sees the run as already ended).
         """
-        tags = {"eemlflow.status": status, **({"eemlflow.error": error[:5000]} if error else {})}
+        tags = {schema.STATUS_TAG: status, **({schema.ERROR_TAG: error[:5000]} if error else {})}
         self._log(tags=tags)
         self.writer.set_terminated(status)
         try:  # leave MLflow's fluent run (and stop its system metrics); the status is already stored or spooled

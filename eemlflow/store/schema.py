@@ -1,4 +1,4 @@
-"""The study's CSV schema: its 42 columns, in order, and where each one lives on an MLflow run.
+"""The one map of MLflow keys: the study's 42 columns, in order, and every other key eemlflow writes or reads.
 
 This table is the single source of truth: the training logger writes each column to the key named here,
 the exporter reads it back from there, and the ingester writes ingested rows the same way. To find where a
@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
+
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 Kind = Literal["info", "param", "metric", "tag"]
 
@@ -122,6 +124,67 @@ EXTRAS: tuple[Column, ...] = (
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS + EXTRAS}
 CODECARBON_FIELDS: tuple[Column, ...] = tuple(c for c in COLUMNS + EXTRAS if c.source == "codecarbon")
+
+# The two totals most readers want, by their keys.
+ENERGY_METRIC, EMISSIONS_METRIC = BY_NAME["energy_consumed"].key, BY_NAME["emissions"].key
+
+# Every other MLflow key eemlflow writes or reads. MLflow's own tags (run name, parent run, description):
+RUN_NAME_TAG, PARENT_RUN_TAG, NOTE_TAG = MLFLOW_RUN_NAME, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+# eemlflow's tags on a training run.
+STATUS_TAG = "eemlflow.status"  # eemlflow's verdict, kept also where MLflow's launcher re-marks the run
+ERROR_TAG = "eemlflow.error"
+SYNTHETIC_TAG = "eemlflow.synthetic"
+INPUT_NOT_RECORDED_TAG = "eemlflow.input_not_recorded.{context}"  # a dataset input the store refused
+ENERGY_TAG_PREFIX = "energy."  # + a ``Provenance`` field: how each figure was obtained
+ENERGY_FAILURE_TAG = "energy.failure"
+ENERGY_SUSPECT_TAG = "energy.suspect"
+# A sweep's tags: on each child (cell, attempt) and on the parent (sweep).
+CELL_TAG = "eemlflow.cell_id"
+ATTEMPT_TAG = "eemlflow.attempt"
+SWEEP_TAG = "eemlflow.sweep_id"
+# Params a training adds beside its config's own (which keep their ``TrainConfig`` field names).
+BASE_LR_PARAM = BY_NAME["lr"].key
+INPUT_SIZE_PARAM = "input_size"
+NUM_CLASSES_PARAM = "num_classes"
+RESOLVED_DATA_PATH_PARAM = BY_NAME["data_path"].key
+PRECISION_PARAM = BY_NAME["precision"].key
+RESOLVED_DEVICE_PARAM = BY_NAME["device"].key
+
+
+@dataclass(frozen=True)
+class _EpochKeys:
+    """Per-epoch metrics (step = epoch number, from 1); the last step of the first four is the CSV's value."""
+
+    train_loss: str = BY_NAME["train_loss"].key
+    eval_loss: str = BY_NAME["eval_loss"].key
+    eval_top1: str = BY_NAME["eval_top1"].key
+    eval_top5: str = BY_NAME["eval_top5"].key
+    lr: str = "lr"  # the schedule's rate in that epoch (the CSV's ``lr`` is the peak, ``base_lr``)
+    train_seconds: str = "epoch_train_seconds"
+    images_per_s: str = "images_per_s"
+    energy_kwh: str = "epoch_energy_kwh"
+    cpu_energy_kwh: str = "epoch_cpu_energy_kwh"
+    gpu_energy_kwh: str = "epoch_gpu_energy_kwh"
+    ram_energy_kwh: str = "epoch_ram_energy_kwh"
+    emissions_kg: str = "epoch_emissions_kg"
+    duration_s: str = "epoch_duration_s"
+    j_per_image: str = "epoch_energy_j_per_image"
+    energy_so_far_kwh: str = "energy_so_far_kwh"
+
+
+@dataclass(frozen=True)
+class _SweepKeys:
+    """A sweep parent's totals over the FINISHED cells of its grid."""
+
+    cells: str = "sweep_cells"
+    done: str = "sweep_done"
+    failed_or_pending: str = "sweep_failed_or_pending"
+    energy_kwh: str = "sweep_energy_kwh"
+    emissions_kg: str = "sweep_emissions_kg"
+
+
+EPOCH = _EpochKeys()
+SWEEP = _SweepKeys()
 
 
 def to_mlflow(values: dict[str, Any], columns: tuple[Column, ...]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:

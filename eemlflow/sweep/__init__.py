@@ -6,6 +6,7 @@ totals (``bookkeeping``) — and the scheduler that runs each cell in its own tr
 validation) and ``eemlflow.store``; it starts trainings as processes, so it never imports the runner.
 """
 
-from eemlflow.sweep.grid import CELL_TAG, Cell, Grid, load_grid
+from eemlflow.store.schema import CELL_TAG
+from eemlflow.sweep.grid import Cell, Grid, load_grid
 
 __all__ = ["CELL_TAG", "Cell", "Grid", "load_grid"]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # for type hints only
 
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
 from eemlflow.errors import EemlflowError
+from eemlflow.measure.energy import WH_PER_KWH
 from eemlflow.sweep.bookkeeping import cell_states, close_parent, open_parent
 from eemlflow.sweep.grid import Grid, check_data, load_grid, parse_pairs
 from eemlflow.sweep.scheduler import Sweep
@@ -89,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         close_parent(client, grid, experiment_id, parent_id, status)
     console.print(f"sweep {grid.name}: {tally.done} trained, {tally.skipped} already done, {tally.retried} retries, "
                   f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
-                  f"{tally.energy_kwh * 1000:.3f} Wh this time", highlight=False, soft_wrap=True)
+                  f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time", highlight=False, soft_wrap=True)
     return EXIT_FAILED if tally.failed else 0
 
 

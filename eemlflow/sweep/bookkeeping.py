@@ -10,7 +10,8 @@ if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.store import experiment_id_for, search_all_runs
-from eemlflow.sweep.grid import CELL_TAG, SWEEP_TAG, Grid
+from eemlflow.store.schema import CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, SWEEP, SWEEP_TAG
+from eemlflow.sweep.grid import Grid
 
 def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, str]:
     """cell_id -> "done" (a FINISHED run exists) or "failed" (only FAILED/KILLED runs); absent = pending."""
@@ -50,11 +51,11 @@ def close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_id
     finished = {r.data.tags[CELL_TAG] for r in done}
     now = int(time.time() * 1000)
     totals = {
-        "sweep_cells": len(ids),
-        "sweep_done": len(finished),
-        "sweep_failed_or_pending": len(ids) - len(finished),
-        "sweep_energy_kwh": sum(r.data.metrics.get("energy_consumed", 0.0) for r in done),
-        "sweep_emissions_kg": sum(r.data.metrics.get("emissions", 0.0) for r in done),
+        SWEEP.cells: len(ids),
+        SWEEP.done: len(finished),
+        SWEEP.failed_or_pending: len(ids) - len(finished),
+        SWEEP.energy_kwh: sum(r.data.metrics.get(ENERGY_METRIC, 0.0) for r in done),
+        SWEEP.emissions_kg: sum(r.data.metrics.get(EMISSIONS_METRIC, 0.0) for r in done),
     }
     client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in totals.items()])
     client.set_terminated(parent_id, status)

@@ -17,8 +17,6 @@ from eemlflow.errors import EemlflowError
 from eemlflow.training import TrainConfig, check_available, check_model_name
 
 EXECUTION_ONLY = ("data_dir", "workers", "download")  # settings that do not change a cell's result
-CELL_TAG = "eemlflow.cell_id"
-SWEEP_TAG = "eemlflow.sweep_id"
 
 
 @dataclass(frozen=True)

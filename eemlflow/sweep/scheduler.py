@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from mlflow.entities import RunTag
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -27,7 +28,10 @@ if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.sweep.bookkeeping import cell_states
-from eemlflow.sweep.grid import CELL_TAG, Cell, Grid
+from eemlflow.measure.energy import WH_PER_KWH
+from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, ERROR_TAG, PARENT_RUN_TAG,
+                                   STATUS_TAG)
+from eemlflow.sweep.grid import Cell, Grid
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +110,7 @@ class Sweep:
 
     def _start(self, slot: Slot, cell: Cell, attempt: int) -> None:
         run = self.client.create_run(self.experiment_id, run_name=cell.config.run_name, tags={
-            "mlflow.parentRunId": self.parent_id, CELL_TAG: cell.cell_id, "eemlflow.attempt": str(attempt),
+            PARENT_RUN_TAG: self.parent_id, CELL_TAG: cell.cell_id, ATTEMPT_TAG: str(attempt),
         })
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN")}
         env.update(MLFLOW_RUN_ID=run.info.run_id, MLFLOW_TRACKING_URI=self.tracking_uri,
@@ -126,16 +130,15 @@ class Sweep:
         status = run.info.status
         if status == "RUNNING":
             status = "FAILED"
-            self.client.set_tag(run_id, "eemlflow.error", f"training process exited with code {slot.process.returncode}")
-            self.client.set_terminated(run_id, status)
+            self._end(run_id, status, f"training process exited with code {slot.process.returncode}")
         self._attach_log(slot)
         line = f"{cell.config.run_name}: {status} in {time.time() - slot.started:.0f} s"
         if status == "FINISHED":
             tally.done += 1
             tally.durations.append(time.time() - slot.started)
-            tally.energy_kwh += run.data.metrics.get("energy_consumed", 0.0)
-            tally.emissions_kg += run.data.metrics.get("emissions", 0.0)
-            line += f", {run.data.metrics.get('energy_consumed', 0.0) * 1000:.3f} Wh"
+            tally.energy_kwh += run.data.metrics.get(ENERGY_METRIC, 0.0)
+            tally.emissions_kg += run.data.metrics.get(EMISSIONS_METRIC, 0.0)
+            line += f", {run.data.metrics.get(ENERGY_METRIC, 0.0) * WH_PER_KWH:.3f} Wh"
         else:
             line += f" ({_last_line(slot.log_path)}); its output: {Path(slot.log_path).name} in the run's artifacts"
         self.console.print(line, highlight=False, soft_wrap=True)
@@ -155,8 +158,13 @@ class Sweep:
                 slot.process.kill()
                 slot.process.wait()
             if self.client.get_run(slot.run_id).info.status == "RUNNING":
-                self.client.set_terminated(slot.run_id, "KILLED")
+                self._end(slot.run_id, "KILLED", "the sweep was stopped and the training process did not close its run")
             self._attach_log(slot)
+
+    def _end(self, run_id: str, status: str, error: str) -> None:
+        """End a run its training process could not close, with eemlflow's status and the reason as tags."""
+        self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, status), RunTag(ERROR_TAG, error)])
+        self.client.set_terminated(run_id, status)
 
     def _attach_log(self, slot: Slot) -> None:
         """The child's output, as an artifact of its run (the sweep's temporary folder goes at the end)."""
@@ -177,7 +185,7 @@ class Sweep:
             table.add_column(name, justify="right")
         table.add_row(str(tally.total), str(tally.done + tally.skipped), str(running), str(len(tally.failed)),
                       str(len(pending)), f"{elapsed / 60:.1f} min", eta,
-                      f"{tally.energy_kwh * 1000:.3f} Wh ({tally.energy_kwh:.4g} kWh)")
+                      f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh ({tally.energy_kwh:.4g} kWh)")
         return table
 
 
