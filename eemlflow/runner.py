@@ -58,7 +58,6 @@ def train_run(
     *,
     tracking_uri: Optional[str] = None,
     experiment_name: str = DEFAULT_EXPERIMENT,
-    country_given: bool = True,
     reporter: Optional[Reporter] = None,
     system_metrics: bool = True,
 ) -> RunOutcome:
@@ -87,7 +86,7 @@ def train_run(
             recipe = build_recipe(cfg, data, device)
             run.log_setup(cfg, data, str(device), recipe.input_size, environment(device))
             monitor = EnergyMonitor(
-                cfg.country_iso_code, country_given=country_given,
+                cfg.country, country_given=cfg.country_given,
                 measure_power_secs=cfg.measure_power_secs, gpu_ids=gpu_ids,
             )
             monitor.start()

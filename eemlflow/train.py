@@ -48,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = TrainConfig.from_strings(raw)
         outcome = train_run(
             cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
-            country_given=bool((raw["country_iso_code"] or "").strip()), reporter=RichReporter(console),
+            reporter=RichReporter(console),
             system_metrics=not args.no_system_metrics,
         )
     except EemlflowError as e:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import yaml
 import pytest
 
@@ -13,6 +15,22 @@ def test_mlproject_defaults_are_the_config_defaults():
     command = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]["command"]
     for name in params:  # every declared parameter reaches the command
         assert "{" + name + "}" in command
+
+
+def test_every_setting_is_an_mlproject_parameter_and_a_readme_row_and_nothing_else():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    params = set(yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]["parameters"])
+    assert params == fields
+    table = (REPO / "README.md").read_text().split("| parameter | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    assert rows == fields
+
+
+def test_a_country_not_given_is_the_default_and_says_so():
+    assert TrainConfig().country == "USA" and not TrainConfig().country_given
+    given = TrainConfig.from_strings({"country_iso_code": "FRA"})
+    assert given.country == "FRA" and given.country_given
+    assert TrainConfig.from_strings({"country_iso_code": ""}) == TrainConfig()
 
 
 def test_base_lr_follows_the_study_rule_unless_given():

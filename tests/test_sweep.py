@@ -54,6 +54,7 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
     spans = sorted((r.info.start_time, r.info.end_time) for r in children)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two cells ran at once
     assert parent.data.metrics["sweep_energy_kwh"] > 0
+    assert {r.data.tags["energy.country_source"] for r in children} == {"default"}  # the grid names no country
     assert parent.data.metrics["sweep_energy_kwh"] == pytest.approx(
         sum(r.data.metrics["energy_consumed"] for r in children), rel=1e-9)
     assert parent.data.metrics["sweep_emissions_kg"] == pytest.approx(
@@ -121,6 +122,14 @@ def test_the_studys_grid_has_195_cells_and_filters():
     assert len(load_grid(REPO / "sweeps" / "ee-training.yaml", only={"model": "resnet18"}).cells) == 18
     smoke = load_grid(REPO / "sweeps" / "ee-training.yaml", overrides={"epochs": "1"})
     assert len(smoke.cells) == 69 and {c.config.epochs for c in smoke.cells} == {1}  # 50/75/100 collapse
+
+
+def test_only_picks_cells_as_written_then_set_changes_them():
+    study = REPO / "sweeps" / "ee-training.yaml"
+    smoke = load_grid(study, overrides={"epochs": "1"}, only={"model": "resnet18", "epochs": "50"})
+    assert len(smoke.cells) == 6  # resnet18 at 50 epochs: 2 datasets x 3 batch sizes, each run for 1 epoch
+    assert {c.config.epochs for c in smoke.cells} == {1} and {c.config.model for c in smoke.cells} == {"resnet18"}
+    assert len(load_grid(study, only={"epochs": "050", "batch_size": "32"}).cells) == 21  # compared as numbers
 
 
 def test_dry_run_of_the_study_lists_195_pending_cells(store, tmp_path):

@@ -202,7 +202,7 @@ def _description(cfg: TrainConfig, data: ImageData, device: str, input_size: tup
         f"images, upscaled to {input_size[-1]} px) for {cfg.epochs} epochs at batch size {cfg.batch_size}, "
         f"lr {cfg.base_lr:g}, on {device}. Recipe: timm train.py's (SGD Nesterov, cosine, 5 warmup epochs, "
         f"label smoothing 0.1); mode {cfg.mode}, {cfg.precision}, augmentation on the "
-        f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country_iso_code})."
+        f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country}{'' if cfg.country_given else ', the default'})."
     )
 
 

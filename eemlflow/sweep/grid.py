@@ -28,6 +28,7 @@ class Cell:
     @property
     def cell_id(self) -> str:
         settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in EXECUTION_ONLY}
+        settings["country_iso_code"] = self.config.country  # the default country is the same cell as naming it
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def command(self) -> list[str]:
@@ -79,6 +80,10 @@ def load_grid(path: str | Path, overrides: Optional[dict[str, str]] = None,
     for key in (*(only or {}), *(overrides or {})):
         if key not in known:
             raise EemlflowError(f"unknown setting {key!r} in --only/--set: known settings are {', '.join(sorted(known))}")
+    try:
+        wanted = TrainConfig.from_strings(only) if only else None
+    except EemlflowError as e:
+        raise EemlflowError(f"--only: {e}") from None
     cells: dict[str, Cell] = {}
     errors: list[str] = []
     for index, entry in enumerate(spec["grid"], start=1):
@@ -87,15 +92,16 @@ def load_grid(path: str | Path, overrides: Optional[dict[str, str]] = None,
             continue
         lists = {k: v if isinstance(v, list) else [v] for k, v in entry.items()}
         for combo in itertools.product(*lists.values()):
-            values = {**settings, **dict(zip(lists, combo)), **(overrides or {})}
+            written = {k: None if v is None else str(v) for k, v in {**settings, **dict(zip(lists, combo))}.items()}
             label = ", ".join(f"{k}={v}" for k, v in zip(lists, combo))
             try:
-                cfg = TrainConfig.from_strings({k: None if v is None else str(v) for k, v in values.items()})
+                # --only picks cells of the grid as written; --set then changes them (a smoke run of one cell).
+                if wanted is not None and not _matches(TrainConfig.from_strings(written), wanted, list(only)):
+                    continue
+                cfg = TrainConfig.from_strings({**written, **(overrides or {})})
                 check_model_name(cfg.model)
             except EemlflowError as e:
                 errors.append(f"grid entry {index} ({label}): {e}")
-                continue
-            if only and any(str(getattr(cfg, k)) != v for k, v in only.items()):
                 continue
             cell = Cell(cfg)
             cells.setdefault(cell.cell_id, cell)
@@ -104,6 +110,11 @@ def load_grid(path: str | Path, overrides: Optional[dict[str, str]] = None,
     if not cells:
         raise EemlflowError(f"{path}: no cell matches --only {only}")
     return Grid(str(spec.get("name") or path.stem), str(spec.get("experiment") or path.stem), tuple(cells.values()))
+
+
+def _matches(cfg: TrainConfig, wanted: TrainConfig, keys: Sequence[str]) -> bool:
+    """Whether ``cfg`` has ``wanted``'s value for each ``--only`` key (as parsed: ``epochs=050`` is 50)."""
+    return all(getattr(cfg, k) == getattr(wanted, k) for k in keys)
 
 
 def check_data(grid: Grid) -> None:

@@ -19,11 +19,14 @@ DATA_PATHS: tuple[str, ...] = ("cpu", "gpu")
 
 # The study's recipe (timm train.py defaults): lr = BASE_LR_PER_256 x batch_size / 256.
 BASE_LR_PER_256 = 0.1
+# The country whose average carbon intensity applies when none is given (recorded as "default").
+DEFAULT_COUNTRY = "USA"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. ``None`` means "the recipe decides" (lr from batch size, size from the model)."""
+    """One training run. ``None`` means "not given": the recipe decides (lr from batch size, size from the model,
+    data path from the mode) or the default applies (country), and the run records which."""
 
     model: str = "resnet18"
     dataset: str = "cifar10"
@@ -33,7 +36,7 @@ class TrainConfig:
     img_size: Optional[int] = None
     data_dir: str = "data"
     device: str = "auto"
-    country_iso_code: str = "USA"
+    country_iso_code: Optional[str] = None
     seed: int = 42
     workers: int = 4
     download: bool = False
@@ -67,7 +70,8 @@ class TrainConfig:
             not (self.mode == "fast" and self.data_path == "cpu"),
             "mode=fast uses the GPU data path: leave data_path empty or set it to gpu",
         )
-        _check_country(self.country_iso_code)
+        if self.country_iso_code is not None:
+            _check_country(self.country_iso_code)
 
     @property
     def base_lr(self) -> float:
@@ -78,6 +82,16 @@ class TrainConfig:
     def resolved_data_path(self) -> str:
         """``cpu`` (timm's loader) for the faithful mode, ``gpu`` (augmentation on the device) for fast."""
         return self.data_path or ("gpu" if self.mode == "fast" else "cpu")
+
+    @property
+    def country(self) -> str:
+        """The grid's country for CodeCarbon's carbon intensity: the given one, else ``DEFAULT_COUNTRY``."""
+        return self.country_iso_code or DEFAULT_COUNTRY
+
+    @property
+    def country_given(self) -> bool:
+        """Whether the user named the country (recorded as provenance) or the default applies."""
+        return self.country_iso_code is not None
 
     @property
     def precision(self) -> str:
