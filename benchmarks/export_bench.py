@@ -17,15 +17,29 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import mlflow  # noqa: E402
 
-from eemlflow import schema  # noqa: E402
+from eemlflow.store import connect, schema  # noqa: E402
 from eemlflow.store.export import collect_rows, write_csv  # noqa: E402
 from eemlflow.store.ingest import ingest, read_csv  # noqa: E402
-from eemlflow.store import connect  # noqa: E402
-from test_export_ingest import study_rows  # noqa: E402  (the same awkward rows the round-trip test uses)
+
+
+def study_rows(n: int) -> list[dict[str, str]]:
+    """Full-schema rows: every column filled with a value of its type, floats as exact reprs."""
+    rows = []
+    for i in range(n):
+        row = {}
+        for col in schema.COLUMNS:
+            if col.dtype is float:
+                row[col.name] = repr(1.5e-3 * (i + 1) + 0.123456789)
+            elif col.dtype is int:
+                row[col.name] = str([32, 64, 128][i % 3])
+            else:
+                row[col.name] = f"{col.name}-{i % 7}"
+        row.update(run_id=f"{i:08d}-bench-run", timestamp=f"2025-03-{1 + i % 28:02d}T{i % 24:02d}:15:{i % 60:02d}")
+        rows.append(row)
+    return rows
 
 
 def timed(fn) -> float:

@@ -1,17 +1,18 @@
 """eemlflow: train timm image models under CodeCarbon and track every energy figure in MLflow.
 
-Modules, from the bottom layer up:
+Floors, from the bottom up; each imports only the floors below it (``tests/test_layers.py`` checks):
 
 - ``errors``: ``EemlflowError``, the root exception for problems a user can fix.
-- ``config``: ``TrainConfig``, every training setting and its default, validated.
-- ``schema``: the study's 42 CSV columns and where each lives on an MLflow run.
-- ``data``: CIFAR-10/100 (on-disk format), scikit-learn digits and synthetic images.
-- ``models``: timm model creation with helpful errors for unknown names.
-- ``energy``: ``EnergyMonitor``, CodeCarbon measurement windows with provenance.
-- ``loop``: the study's training recipe (timm's factories) and the epoch loop.
-- ``tracking``: the MLflow run: params, per-epoch and final metrics, status.
-- ``runner``: wires config, data, model, loop, energy and tracking into one run.
-- ``train``/``export``/``ingest``: command-line entry points.
+- ``training/``: what a run is and how it trains — ``TrainConfig`` (every setting and default), data, timm
+  models, the study's recipe and epoch loop, the device data path.
+- ``measure/``: what it costs — CodeCarbon energy windows returning ``EnergyReading``/``EnergyResult``, with
+  provenance and suspicions; which GPU to measure.
+- ``store/``: MLflow — the one map of keys (``schema``), connecting with a schema lock, the resilient writer and
+  its spool, one training run's records, the CSV export and ingest libraries.
+- ``runner``: one training run end to end (config -> data + model -> loop, measured, logged).
+- ``sweep/``: a grid of runs as one resumable parent run, each cell a training process.
+- Command lines, thin, on top: ``train``, ``export``, ``ingest``, ``runs``, ``sweep/__main__``, with ``cli``
+  (errors and exit codes) and ``progress`` (rich displays).
 """
 
 from eemlflow.errors import EemlflowError

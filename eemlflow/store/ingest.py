@@ -65,7 +65,7 @@ def read_csv(path: str | Path) -> ParsedFile:
             parts = ([f"missing columns {', '.join(missing)}"] if missing else []) + (
                 [f"unknown columns {', '.join(unknown)}"] if unknown else [])
             raise EemlflowError(f"{path}:1: wrong header: {'; '.join(parts)}; expected the study's 42 columns "
-                                "(see eemlflow/schema.py) or CodeCarbon's emissions.csv")
+                                "(see eemlflow/store/schema.py) or CodeCarbon's emissions.csv")
     duplicates = sorted({h for h in header if header.count(h) > 1})
     if duplicates:
         raise EemlflowError(f"{path}:1: duplicate header columns {', '.join(duplicates)}")
