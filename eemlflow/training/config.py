@@ -44,6 +44,10 @@ class TrainConfig:
     mode: str = "faithful"
     data_path: Optional[str] = None
     compile: bool = False
+    checkpoint_every: int = 1
+    checkpoint_dir: str = "checkpoints"
+    keep_checkpoint: bool = False
+    resume: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "model is empty: give a timm model name, e.g. resnet18")
@@ -60,6 +64,7 @@ class TrainConfig:
             f"img_size must be an integer of at least 8 pixels, got {self.img_size}",
         )
         _check(self.workers >= 0, f"workers must be 0 or more, got {self.workers}")
+        _check(self.checkpoint_every >= 0, f"checkpoint_every must be 0 (never) or a number of epochs, got {self.checkpoint_every}")
         _check(self.measure_power_secs > 0, f"measure_power_secs must be positive, got {self.measure_power_secs}")
         _check(self.mode in MODES, f"unknown mode {self.mode!r}: choose faithful (the study's recipe) or fast")
         _check(

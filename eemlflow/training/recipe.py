@@ -169,12 +169,15 @@ def train_step(recipe: Recipe, loss_fn: torch.nn.Module, x: torch.Tensor, y: tor
     return loss
 
 
-def run_epochs(recipe: Recipe, on_batch: Optional[BatchCallback] = None) -> Iterator[EpochResult]:
-    """Train and evaluate epoch by epoch, yielding after each; the schedule steps once per epoch."""
+def run_epochs(recipe: Recipe, on_batch: Optional[BatchCallback] = None, start_epoch: int = 0) -> Iterator[EpochResult]:
+    """Train and evaluate epoch by epoch, yielding after each; the schedule steps once per epoch.
+
+    ``start_epoch`` > 0 continues a run restored from a checkpoint written after that many epochs.
+    """
     loss_fn = train_loss_fn().to(recipe.device)
     eval_loss_fn = torch.nn.CrossEntropyLoss().to(recipe.device)
-    updates = 0
-    for epoch in range(recipe.epochs):
+    updates = start_epoch * len(recipe.train_loader)
+    for epoch in range(start_epoch, recipe.epochs):
         lr = _mean_lr(recipe.optimizer)
         loss, images, seconds, updates = _train_epoch(recipe, loss_fn, updates, on_batch)
         eval_loss, top1, top5 = _evaluate(recipe, eval_loss_fn)
