@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
+import time
 import traceback
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol
+from typing import Iterator, Optional, Protocol, Sequence
 
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
@@ -23,7 +26,11 @@ from eemlflow.measure.gpu_ids import nvml_indices, nvml_uuid_table
 from eemlflow.measure.energy import EnergyMonitor, EnergyReading, EnergyResult
 from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs
 from eemlflow.training.models import check_model_name
+from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.store import connect
+from eemlflow.store.liveness import HeartbeatThread
+from eemlflow.store.schema import LOST_ENERGY_METRIC
+from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint
 from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun, environment
 
 log = logging.getLogger(__name__)
@@ -76,31 +83,46 @@ def train_run(
             "the recipe drops the last partial batch, so nothing would train; use a smaller batch_size"
         )
     client = connect(tracking_uri)
+    point = prepare_resume(client, cfg) if cfg.resume else None
 
     run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics)
     outcome = RunOutcome(run.run_id, "RUNNING")
+    progress = _Progress(point)
+    ckpt = checkpoint_path(cfg.checkpoint_dir, run.run_id)
     monitor: Optional[EnergyMonitor] = None
+    heartbeat: Optional[HeartbeatThread] = None
     interrupted: Optional[BaseException] = None
     try:
         with _sigterm_raises():
+            run.log_segment(point.segment if point else 1, socket.gethostname(), os.getpid(),
+                            datetime.now(timezone.utc).isoformat(timespec="seconds"))
             recipe = build_recipe(cfg, data, device)
-            run.log_setup(cfg, data, str(device), recipe.input_size, environment(device))
+            if point is not None:
+                restore(recipe, point.checkpoint)
+                run._log(metrics={LOST_ENERGY_METRIC: point.lost_energy_kwh})
+            run.log_setup(cfg, data, str(device), recipe.input_size, environment(device), inputs=point is None)
             monitor = EnergyMonitor(
                 cfg.country, country_given=cfg.country_given,
                 measure_power_secs=cfg.measure_power_secs, gpu_ids=gpu_ids,
             )
             monitor.start()
+            heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()
             if reporter:
                 reporter.begin(cfg, run.run_id, len(recipe.train_loader))
             def on_batch(i: int, n: int, loss: Optional[float]) -> None:
                 if reporter:
-                    reporter.batch(i, n, loss, monitor.live())
+                    reporter.batch(i, n, loss, progress.whole_run(monitor.live()))
             monitor.begin_window("epoch")
-            for result in run_epochs(recipe, on_batch):
+            for result in run_epochs(recipe, on_batch, start_epoch=progress.epochs_done):
                 energy = monitor.end_window("epoch")
-                total = monitor.live()
+                total = progress.whole_run(monitor.live())
                 run.log_epoch(result, energy, total)
                 outcome.epochs.append(result)
+                progress.epochs_done = result.epoch + 1
+                if cfg.checkpoint_every and progress.epochs_done % cfg.checkpoint_every == 0:
+                    save_checkpoint(ckpt, recipe, cfg, progress.epochs_done,
+                                    {"segments": progress.earlier + [monitor.record_so_far() or {}],
+                                     "written_at": time.time()})
                 if reporter:
                     reporter.epoch(result, total)
                 monitor.begin_window("epoch")
@@ -113,17 +135,42 @@ def train_run(
     finally:
         if reporter:
             reporter.end()
-        _close(run, monitor, outcome)
+        if heartbeat is not None:
+            heartbeat.stop()
+        _close(run, monitor, outcome, progress.earlier)
+    if outcome.status == "FINISHED" and not cfg.keep_checkpoint:
+        remove_checkpoint(ckpt)
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return outcome
 
 
-def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutcome) -> None:
-    """Log the energy measured so far and end the run; signals are held off until this is done."""
+class _Progress:
+    """How far this run is (epochs done, across segments) and its earlier segments' energy records."""
+
+    def __init__(self, point: Optional[ResumePoint]) -> None:
+        self.epochs_done = point.checkpoint.epochs_done if point else 0
+        self.earlier = point.earlier_segments if point else []
+        self._offset = sum((EnergyReading.from_values(s) for s in self.earlier), EnergyReading(0, 0, 0, 0, 0, 0))
+
+    def whole_run(self, segment: Optional[EnergyReading]) -> Optional[EnergyReading]:
+        """This process's energy so far plus the earlier segments': the run's total so far."""
+        return None if segment is None else segment + self._offset
+
+    def beat(self, monitor: EnergyMonitor):
+        """What the heartbeat reports: epochs done and this process's energy so far (kWh)."""
+        def state() -> tuple[int, Optional[float]]:
+            live = monitor.live()
+            return self.epochs_done, live.energy_kwh if live else None
+        return state
+
+
+def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutcome,
+           earlier_segments: Sequence[dict] = ()) -> None:
+    """Log the energy measured so far (all segments) and end the run; signals are held off until this is done."""
     with _signals_ignored():
         if monitor is not None:
-            outcome.energy = monitor.stop()
+            outcome.energy = monitor.stop(earlier_segments)
             run.log_energy(outcome.energy)
         run.finish(outcome.status, outcome.error)
         outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)

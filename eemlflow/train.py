@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # A launcher without job control (nohup, a batch script's `&`) starts us with SIGINT ignored: take it back,
+    # so that Ctrl-C and the sweep's stop end the run KILLED with its energy instead of being lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     console = Console(stderr=True)

@@ -12,6 +12,7 @@ those units and the conversion to Wh/J happens in ``EnergyReading`` alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -50,16 +51,21 @@ class EnergyReading:
     def __sub__(self, other: "EnergyReading") -> "EnergyReading":
         return EnergyReading(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
 
+    def __add__(self, other: "EnergyReading") -> "EnergyReading":
+        return EnergyReading(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
     @classmethod
     def from_emissions(cls, data: EmissionsData) -> "EnergyReading":
-        return cls(
-            duration_s=data.duration,
-            energy_kwh=data.energy_consumed,
-            cpu_energy_kwh=data.cpu_energy,
-            gpu_energy_kwh=data.gpu_energy,
-            ram_energy_kwh=data.ram_energy,
-            emissions_kg=data.emissions,
-        )
+        return cls.from_values(data.values)
+
+    @classmethod
+    def from_values(cls, values: dict) -> "EnergyReading":
+        """From CodeCarbon's record as a mapping (``EmissionsData.values``, or one kept in a checkpoint)."""
+        def number(key: str) -> float:
+            return float(values.get(key) or 0.0)
+        return cls(duration_s=number("duration"), energy_kwh=number("energy_consumed"),
+                   cpu_energy_kwh=number("cpu_energy"), gpu_energy_kwh=number("gpu_energy"),
+                   ram_energy_kwh=number("ram_energy"), emissions_kg=number("emissions"))
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,28 @@ class EnergyResult:
         return self._per_second(self.record.energy_consumed) if self.record else None
 
 
+# How a run's segments (one per process that trained it: the first one and each resume) add up.
+_SUMMED = ("duration", "emissions", "cpu_energy", "gpu_energy", "ram_energy", "energy_consumed", "water_consumed")
+_TIME_WEIGHTED = ("cpu_power", "gpu_power", "ram_power", "cpu_utilization_percent", "gpu_utilization_percent",
+                  "ram_utilization_percent", "ram_used_gb")
+
+
+def combine_segments(earlier: Sequence[dict], last: EmissionsData) -> EmissionsData:
+    """One record for a run trained in several segments: energies, emissions and duration summed, CodeCarbon's
+    mean powers and utilisations weighted by each segment's duration, the rate recomputed; the hardware,
+    place and timestamp of the last segment. ``earlier`` are the earlier segments' ``EmissionsData.values``."""
+    if not earlier:
+        return last
+    segments = [*earlier, last.values]
+    duration = sum(float(seg.get("duration") or 0.0) for seg in segments)
+    changes: dict = {k: sum(float(seg.get(k) or 0.0) for seg in segments) for k in _SUMMED}
+    for k in _TIME_WEIGHTED:
+        changes[k] = (sum(float(seg.get(k) or 0.0) * float(seg.get("duration") or 0.0) for seg in segments)
+                      / duration) if duration else 0.0
+    changes["emissions_rate"] = changes["emissions"] / duration if duration else 0.0
+    return dataclasses.replace(last, **changes)
+
+
 _CPU_METHODS = {
     "intel_rapl": "RAPL energy counter (measured)",
     "cpu_load": "load model: TDP x CPU load (estimated)",
@@ -174,6 +202,8 @@ class EnergyMonitor:
         project_name: str = "eemlflow",
     ) -> None:
         self.failure: Optional[str] = None
+        self.segment: Optional[EmissionsData] = None  # this process's final record, once stopped
+        self._last_record: Optional[EmissionsData] = None
         self._country_given = country_given
         self._capture = _Capture()
         self._windows: dict[str, EnergyReading] = {}
@@ -219,14 +249,18 @@ class EnergyMonitor:
         data = self._capture.live
         return None if data is None or self.failure else EnergyReading.from_emissions(data)
 
-    def stop(self) -> EnergyResult:
-        """Stop the tracker: the run's energy, its provenance and suspicions (no record if the tracker failed)."""
+    def stop(self, earlier_segments: Sequence[dict] = ()) -> EnergyResult:
+        """Stop the tracker: the run's energy, its provenance and suspicions (no record if the tracker failed).
+
+        ``earlier_segments``: CodeCarbon's records of the run's earlier processes (a resumed run), added in.
+        """
         self._tracker.stop()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
+        self.segment = final  # this process's own record, kept for the next resume
         if final is None and self.failure is None:
             self.failure = "CodeCarbon's tracker returned no final measurement (it logs its own error above)"
             log.warning("energy tracking failed: %s", self.failure)
-        record = None if self.failure else final
+        record = None if self.failure else combine_segments(earlier_segments, final)
         provenance = self.provenance()
         suspect = tuple(suspicions(record, provenance, self._used_gpu)) if record is not None else ()
         for reason in suspect:
@@ -243,8 +277,12 @@ class EnergyMonitor:
             self.failure = "CodeCarbon's tracker stopped reporting (flush returned nothing)"
             log.warning("energy tracking failed: %s", self.failure)
             return None
-        self._last = EnergyReading.from_emissions(data)
+        self._last_record, self._last = data, EnergyReading.from_emissions(data)
         return self._last
+
+    def record_so_far(self) -> Optional[dict]:
+        """CodeCarbon's totals at the last window boundary (``EmissionsData.values``), for a checkpoint."""
+        return None if self.failure or self._last_record is None else dict(self._last_record.values)
 
     def provenance(self) -> Provenance:
         """How each figure is obtained here. Reads CodeCarbon's hardware objects, which it does not expose."""

@@ -54,35 +54,48 @@ def _check_run_exists(client: MlflowClient, run_id: str) -> None:
 class TrainingRun:
     """One MLflow run holding one row of the study's CSV, its per-epoch history and its provenance."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, spool_root: str = "checkpoints") -> None:
         self.client = client
         self.run_id = run_id
-        self.writer = StoreWriter(client, run_id, spool_path_for(run_id))
+        self.writer = StoreWriter(client, run_id, spool_path_for(run_id, spool_root))
 
     @classmethod
     def open(cls, client: MlflowClient, cfg: TrainConfig, experiment_name: str = DEFAULT_EXPERIMENT,
              system_metrics: bool = True) -> "TrainingRun":
-        """Resume ``mlflow run``'s run if there is one, else start a new run in ``experiment_name``."""
+        """Reopen ``cfg.resume`` if set, else take ``mlflow run``'s run if there is one, else start a new run in
+        ``experiment_name``."""
         experiment_id = None
         launcher_run = os.environ.get("MLFLOW_RUN_ID")
         if launcher_run:
             _check_run_exists(client, launcher_run)
-        elif not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        elif not os.environ.get("MLFLOW_EXPERIMENT_ID") and not cfg.resume:
             experiment_id = with_retries(lambda: experiment_id_for(client, experiment_name), "the experiment")
         try:
-            active = with_retries(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name,
-                                                           log_system_metrics=system_metrics), "start_run")
+            if cfg.resume:  # RUNNING again; the launcher's own run, if any, only points at it
+                if launcher_run and launcher_run != cfg.resume:
+                    with_retries(lambda: client.set_tag(launcher_run, schema.RESUMED_RUN_TAG, cfg.resume), "set_tag")
+                active = with_retries(lambda: mlflow.start_run(run_id=cfg.resume, log_system_metrics=system_metrics),
+                                      "start_run")
+            else:
+                active = with_retries(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name,
+                                                               log_system_metrics=system_metrics), "start_run")
         except MlflowException as e:  # nothing has trained yet: a refusal here is the user's to fix
             raise EemlflowError(describe_store_error(e, client.tracking_uri)) from None
-        run = cls(client, active.info.run_id)
+        run = cls(client, active.info.run_id, cfg.checkpoint_dir)
         run._log(tags={schema.RUN_NAME_TAG: cfg.run_name})
         return run
 
+    def log_segment(self, number: int, host: str, pid: int, started: str) -> None:
+        """Which process trains the run now: segment 1 is the first, each resume adds one."""
+        self._log(tags={schema.SEGMENTS_TAG: str(number),
+                        schema.SEGMENT_TAG.format(n=number): f"host={host} pid={pid} start={started}"})
+
     def log_setup(self, cfg: TrainConfig, data: ImageData, device: str, input_size: tuple[int, ...],
-                  environment: dict[str, str]) -> None:
-        """Settings, dataset and environment, before the first epoch."""
+                  environment: dict[str, str], inputs: bool = True) -> None:
+        """Settings, dataset (unless ``inputs`` is False: a resumed run has them) and environment."""
         existing = with_retries(lambda: self.client.get_run(self.run_id), "get_run").data.params
-        # `mlflow run` has already logged each -P value as typed; logging another spelling would fail.
+        # `mlflow run` has already logged each -P value as typed; logging another spelling would fail. A resumed
+        # run keeps its first segment's params (the execution settings of later segments are in its tags).
         params = {k: schema.format_value(v) for k, v in vars(cfg).items() if k not in existing}
         params.update({
             schema.BASE_LR_PARAM: schema.format_value(cfg.base_lr),
@@ -100,6 +113,8 @@ class TrainingRun:
         if data.synthetic:
             tags[schema.SYNTHETIC_TAG] = "true: random images, accuracy is meaningless (throughput only)"
         self._log(params=params, tags=tags)
+        if not inputs:
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns that a path "can be interpreted in multiple ways"
             for split, ds in (("training", data.train), ("eval", data.eval)):

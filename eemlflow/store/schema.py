@@ -138,6 +138,11 @@ INPUT_NOT_RECORDED_TAG = "eemlflow.input_not_recorded.{context}"  # a dataset in
 ENERGY_TAG_PREFIX = "energy."  # + a ``Provenance`` field: how each figure was obtained
 ENERGY_FAILURE_TAG = "energy.failure"
 ENERGY_SUSPECT_TAG = "energy.suspect"
+HEARTBEAT_TAG = "eemlflow.heartbeat"  # JSON: host, pid, time, epoch, energy_kwh (see store/liveness.py)
+SEGMENTS_TAG = "eemlflow.segments"  # how many processes trained the run (1 + resumes)
+SEGMENT_TAG = "eemlflow.segment.{n}"  # "host=... pid=... start=..." of segment n (from 1)
+RESUMED_RUN_TAG = "eemlflow.resumed_run"  # on a launcher's run that resumed another one
+LOST_ENERGY_METRIC = "lost_energy_kwh"  # measured before a kill but after the last checkpoint (not in the total)
 # A sweep's tags: on each child (cell, attempt) and on the parent (sweep).
 CELL_TAG = "eemlflow.cell_id"
 ATTEMPT_TAG = "eemlflow.attempt"
@@ -181,6 +186,8 @@ class _SweepKeys:
     failed_or_pending: str = "sweep_failed_or_pending"
     energy_kwh: str = "sweep_energy_kwh"
     emissions_kg: str = "sweep_emissions_kg"
+    resumed: str = "sweep_resumed"  # finished cells that were resumed from a checkpoint at least once
+    lost_energy_kwh: str = "sweep_lost_energy_kwh"  # energy of interrupted work thrown away (not in the total)
 
 
 EPOCH = _EpochKeys()
