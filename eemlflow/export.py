@@ -13,7 +13,7 @@ from rich.table import Table
 from eemlflow.cli import print_error
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import J_PER_KWH
-from eemlflow.store.export import DEFAULT_OUTPUT, collect_rows, write_csv
+from eemlflow.store.export import DEFAULT_OUTPUT, collect_rows, duplicate_cells, write_csv
 
 
 def summary(frame: pd.DataFrame, output: str, console: Console) -> None:
@@ -66,6 +66,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as e:
         return print_error(console, f"cannot write {args.output}: {e.strerror or e}")
     summary(frame, args.output, console)
+    for line in duplicate_cells(frame):
+        console.print(f"eemlflow: warning: {line}; keep one — delete the others (MLflow UI, or `mlflow runs delete "
+                      "--run-id ID`) or export one experiment with --experiment", highlight=False, soft_wrap=True)
     return 0
 
 

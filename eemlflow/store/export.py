@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # for type hints only
 from eemlflow.errors import EemlflowError
 from eemlflow.store import schema
 from eemlflow.store.connect import search_all_runs
+from eemlflow.store.liveness import staleness
 
 DEFAULT_OUTPUT = Path("Dataset/image_classification/training_energy.csv")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
@@ -33,7 +35,7 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
     Runs without the ``eemlflow.row`` tag (a sweep's parent, other projects' runs) are not rows.
     Values are typed per the schema: ints as ints, missing as None; ordered by timestamp, then run_id.
     """
-    names = _experiment_names(client, experiments)
+    names = experiment_names(client, experiments)
     columns = schema.COLUMNS + (schema.EXTRAS if with_extras else ())
     status_list = [s.upper() for s in statuses]
     for s in status_list:
@@ -41,8 +43,9 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
             raise EemlflowError(f"unknown run status {s!r}: choose among {', '.join(STATUSES)}")
     rows = []
     if names:
+        now = time.time()
         for run in search_all_runs(client, list(names), f"tags.`{schema.ROW_TAG}` LIKE '%'"):
-            if run.info.status in status_list:
+            if run.info.status in status_list and staleness(run, now=now) is None:  # a stale run is no row
                 rows.append(schema.read_run(run, names[run.info.experiment_id], columns))
     frame = pd.DataFrame(rows, columns=[c.name for c in columns], dtype=object)
     if len(frame):
@@ -51,7 +54,7 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
     return frame
 
 
-def _experiment_names(client: MlflowClient, wanted: Optional[Sequence[str]]) -> dict[str, str]:
+def experiment_names(client: MlflowClient, wanted: Optional[Sequence[str]]) -> dict[str, str]:
     """Experiment id -> name, for the named experiments (an unknown name is an error) or all of them."""
     if wanted:
         found = {}
@@ -93,3 +96,20 @@ def write_csv(frame: pd.DataFrame, output: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# What makes two rows the same training (the study's columns that set it up).
+CELL_COLUMNS = ("model", "dataset", "epochs", "batch_size", "lr")
+
+
+def duplicate_cells(frame: pd.DataFrame) -> list[str]:
+    """One line per set of settings that more than one row shares (a cell trained twice); with a ``status``
+    column (``--with-extras``), FINISHED rows only."""
+    if "status" in frame:
+        frame = frame[frame["status"] == "FINISHED"]
+    found = []
+    for settings, group in frame.groupby(list(CELL_COLUMNS), dropna=False):
+        if len(group) > 1:
+            label = ", ".join(f"{k}={v}" for k, v in zip(CELL_COLUMNS, settings))
+            found.append(f"{len(group)} FINISHED runs share {label}: {', '.join(group['run_id'])}")
+    return found
