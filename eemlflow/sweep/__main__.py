@@ -36,11 +36,13 @@ def dry_run(client: MlflowClient, grid: Grid, experiment_id: Optional[str], cons
         table.add_column(name)
     for i, cell in enumerate(grid.cells, start=1):
         c = cell.config
-        table.add_row(str(i), c.model, c.dataset, str(c.epochs), str(c.batch_size), states.get(cell.cell_id, "pending"))
+        state = states.get(cell.cell_id)
+        table.add_row(str(i), c.model, c.dataset, str(c.epochs), str(c.batch_size), state.state if state else "pending")
     console.print(table)
-    counts = Counter(states.get(c.cell_id, "pending") for c in grid.cells)
-    console.print(f"{len(grid.cells)} cells: {counts['done']} done, {counts['failed']} failed, "
-                  f"{counts['pending']} pending", highlight=False)
+    counts = Counter(states[c.cell_id].state if c.cell_id in states else "pending" for c in grid.cells)
+    console.print(f"{len(grid.cells)} cells: {counts['done']} done, {counts['running']} running, "
+                  f"{counts['resumable']} resumable, {counts['failed']} failed, {counts['pending']} pending",
+                  highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], dest="overrides", help="override a setting in every cell: key=value")
     p.add_argument("--retries", default="1", help="extra attempts for a failed cell (default 1)")
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one cell per GPU at a time")
+    p.add_argument("--skip-running", action="store_true",
+                   help="leave cells that a live process is training (default: wait for them and count their result)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the grid's `experiment`)")
     p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     return p
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when launched with SIGINT ignored (nohup, &)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=True)
     try:
@@ -76,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         experiment_id, parent_id = open_parent(client, grid, args.experiment)
     except EemlflowError as e:
         return print_error(console, e)
-    sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus, console)
+    sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus, console,
+                  skip_running=args.skip_running)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     status = "FAILED"
     try:
@@ -88,9 +94,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         close_parent(client, grid, experiment_id, parent_id, status)
+    extra = (f"; {tally.resumed} resumed from a checkpoint" if tally.resumed else "") + (
+        f"; {tally.left_running} left to the process training them" if tally.left_running else "")
     console.print(f"sweep {grid.name}: {tally.done} trained, {tally.skipped} already done, {tally.retried} retries, "
                   f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
-                  f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time", highlight=False, soft_wrap=True)
+                  f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time{extra}", highlight=False, soft_wrap=True)
     return EXIT_FAILED if tally.failed else 0
 
 

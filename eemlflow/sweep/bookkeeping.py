@@ -4,25 +4,51 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.store import experiment_id_for, search_all_runs
-from eemlflow.store.schema import CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, SWEEP, SWEEP_TAG
+from eemlflow.store.liveness import staleness
+from eemlflow.training.checkpoint import checkpoint_path
+from eemlflow.store.schema import (CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, LOST_ENERGY_METRIC, SEGMENTS_TAG, SWEEP,
+                                   SWEEP_TAG)
 from eemlflow.sweep.grid import Grid
 
-def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, str]:
-    """cell_id -> "done" (a FINISHED run exists) or "failed" (only FAILED/KILLED runs); absent = pending."""
-    states: dict[str, str] = {}
+@dataclass(frozen=True)
+class CellState:
+    """Where a cell stands: ``done``, ``running`` (a live process trains it), ``resumable`` (its latest run was
+    stopped or lost and its checkpoint is here), ``failed`` (stopped, no checkpoint); ``run_id`` is that run."""
+
+    state: str
+    run_id: str = ""
+
+
+def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, CellState]:
+    """cell_id -> its state, from its runs in the experiment; a cell without runs is absent (pending)."""
+    runs: dict[str, list] = {}
     for run in search_all_runs(client, [experiment_id], f"tags.`{CELL_TAG}` LIKE '%'"):
-        cell_id = run.data.tags[CELL_TAG]
-        if run.info.status == "FINISHED":
-            states[cell_id] = "done"
-        elif run.info.status in ("FAILED", "KILLED") and states.get(cell_id) != "done":
-            states[cell_id] = "failed"
+        runs.setdefault(run.data.tags[CELL_TAG], []).append(run)
+    states: dict[str, CellState] = {}
+    for cell_id, cell_runs in runs.items():
+        done = [r for r in cell_runs if r.info.status == "FINISHED"]
+        latest = max(cell_runs, key=lambda r: r.info.start_time or 0)
+        if done:
+            states[cell_id] = CellState("done", done[0].info.run_id)
+        elif latest.info.status == "RUNNING" and staleness(latest) is None:
+            states[cell_id] = CellState("running", latest.info.run_id)
+        elif has_checkpoint(latest):
+            states[cell_id] = CellState("resumable", latest.info.run_id)
+        else:
+            states[cell_id] = CellState("failed", latest.info.run_id)
     return states
+
+
+def has_checkpoint(run) -> bool:
+    """Whether the run's checkpoint is on this machine (where its params say it was written)."""
+    return checkpoint_path(run.data.params.get("checkpoint_dir") or "checkpoints", run.info.run_id).exists()
 
 
 def open_parent(client: MlflowClient, grid: Grid, experiment: Optional[str]) -> tuple[str, str]:
@@ -56,6 +82,8 @@ def close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_id
         SWEEP.failed_or_pending: len(ids) - len(finished),
         SWEEP.energy_kwh: sum(r.data.metrics.get(ENERGY_METRIC, 0.0) for r in done),
         SWEEP.emissions_kg: sum(r.data.metrics.get(EMISSIONS_METRIC, 0.0) for r in done),
+        SWEEP.resumed: sum(1 for r in done if int(r.data.tags.get(SEGMENTS_TAG) or 1) > 1),
+        SWEEP.lost_energy_kwh: sum(r.data.metrics.get(LOST_ENERGY_METRIC, 0.0) for r in done),
     }
     client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in totals.items()])
     client.set_terminated(parent_id, status)

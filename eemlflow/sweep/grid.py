@@ -16,7 +16,8 @@ import yaml
 from eemlflow.errors import EemlflowError
 from eemlflow.training import TrainConfig, check_available, check_model_name
 
-EXECUTION_ONLY = ("data_dir", "workers", "download")  # settings that do not change a cell's result
+# Settings that do not change a cell's result (where data and checkpoints live, how fast, what to resume).
+EXECUTION_ONLY = ("data_dir", "workers", "download", "checkpoint_every", "checkpoint_dir", "keep_checkpoint", "resume")
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,16 @@ from rich.table import Table
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
-from eemlflow.sweep.bookkeeping import cell_states
+from eemlflow.store.liveness import staleness
+from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint
 from eemlflow.measure.energy import WH_PER_KWH
 from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, ERROR_TAG, PARENT_RUN_TAG,
                                    STATUS_TAG)
 from eemlflow.sweep.grid import Cell, Grid
 
 log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 2.0  # how often a run trained by another live process is looked at
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Slot:
     process: Optional[subprocess.Popen] = None
     started: float = 0.0
     log_path: str = ""
+    resumed: bool = False
+    last_run_id: str = ""
 
 
 @dataclass
@@ -55,6 +60,8 @@ class Tally:
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     retried: int = 0
+    resumed: int = 0  # cells finished by continuing a run from its checkpoint
+    left_running: int = 0  # cells left to the live process training them (--skip-running)
     energy_kwh: float = 0.0
     emissions_kg: float = 0.0
     durations: list[float] = field(default_factory=list)
@@ -65,37 +72,57 @@ class Sweep:
     """Runs the pending cells of a grid under one parent run, one per slot at a time."""
 
     def __init__(self, client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, tracking_uri: str,
-                 retries: int = 1, gpus: Sequence[str] = (), console: Optional[Console] = None) -> None:
+                 retries: int = 1, gpus: Sequence[str] = (), console: Optional[Console] = None,
+                 skip_running: bool = False) -> None:
         self.client, self.grid, self.experiment_id, self.parent_id = client, grid, experiment_id, parent_id
-        self.tracking_uri, self.retries = tracking_uri, retries
+        self.tracking_uri, self.retries, self.skip_running = tracking_uri, retries, skip_running
         self.slots = [Slot(g) for g in gpus] or [Slot(None)]
         self.console = console or Console(stderr=True)
         self.logs = Path(tempfile.mkdtemp(prefix="eemlflow-sweep-"))
 
     def run(self) -> Tally:
         states = cell_states(self.client, self.experiment_id)
-        pending = deque(c for c in self.grid.cells if states.get(c.cell_id) != "done")
-        tally = Tally(total=len(self.grid.cells), skipped=len(self.grid.cells) - len(pending))
+        tally = Tally(total=len(self.grid.cells))
+        pending: deque = deque()
+        watched: dict[str, tuple[Cell, str]] = {}  # cells that a live process trains elsewhere: run id
+        for cell in self.grid.cells:
+            state = states.get(cell.cell_id)
+            if state is not None and state.state == "done":
+                tally.skipped += 1
+            elif state is not None and state.state == "running":
+                if self.skip_running:
+                    tally.left_running += 1
+                else:
+                    watched[cell.cell_id] = (cell, state.run_id)
+            else:
+                if state is not None and state.state == "failed" and \
+                        self.client.get_run(state.run_id).info.status == "RUNNING":  # stale, nothing to resume
+                    self._end(state.run_id, "FAILED", "stale: its process is gone and left no checkpoint here")
+                pending.append((cell, state.run_id if state is not None and state.state == "resumable" else None))
         attempts: Counter = Counter()
         live = Live(self._table(tally, pending), console=self.console, refresh_per_second=2,
                     transient=True) if self.console.is_terminal else None
         try:
             if live:
                 live.start()
-            while pending or any(s.process for s in self.slots):
+            last_watch = 0.0
+            while pending or watched or any(s.process for s in self.slots):
                 for slot in self.slots:
                     if slot.process is None and pending:
-                        cell = pending.popleft()
+                        cell, resume = pending.popleft()
                         attempts[cell.cell_id] += 1
-                        self._start(slot, cell, attempts[cell.cell_id])
+                        self._start(slot, cell, attempts[cell.cell_id], resume)
                     elif slot.process is not None and slot.process.poll() is not None:
                         cell, status = self._collect(slot, tally)
                         if status != "FINISHED":
                             if attempts[cell.cell_id] <= self.retries:
                                 tally.retried += 1
-                                pending.append(cell)
+                                pending.append((cell, self._resumable(slot.last_run_id)))
                             else:
                                 tally.failed.append(cell.config.run_name)
+                if watched and time.time() - last_watch > WATCH_INTERVAL_S:
+                    last_watch = time.time()
+                    self._watch(watched, pending, tally)
                 if live:
                     live.update(self._table(tally, pending))
                 time.sleep(0.2)
@@ -108,20 +135,49 @@ class Sweep:
             shutil.rmtree(self.logs, ignore_errors=True)  # every log is attached to its run by now
         return tally
 
-    def _start(self, slot: Slot, cell: Cell, attempt: int) -> None:
-        run = self.client.create_run(self.experiment_id, run_name=cell.config.run_name, tags={
-            PARENT_RUN_TAG: self.parent_id, CELL_TAG: cell.cell_id, ATTEMPT_TAG: str(attempt),
-        })
+    def _start(self, slot: Slot, cell: Cell, attempt: int, resume: Optional[str] = None) -> None:
+        """A training process for ``cell``: in a new child run, or continuing run ``resume`` from its checkpoint."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN")}
-        env.update(MLFLOW_RUN_ID=run.info.run_id, MLFLOW_TRACKING_URI=self.tracking_uri,
-                   MLFLOW_EXPERIMENT_ID=self.experiment_id)
+        env.update(MLFLOW_TRACKING_URI=self.tracking_uri, MLFLOW_EXPERIMENT_ID=self.experiment_id)
+        command = cell.command()
+        if resume:
+            self.client.log_batch(resume, tags=[RunTag(ATTEMPT_TAG, str(attempt)), RunTag(PARENT_RUN_TAG, self.parent_id)])
+            command += ["--resume", resume]
+            run_id = resume
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=cell.config.run_name, tags={
+                PARENT_RUN_TAG: self.parent_id, CELL_TAG: cell.cell_id, ATTEMPT_TAG: str(attempt),
+            }).info.run_id
+            env["MLFLOW_RUN_ID"] = run_id
         if slot.gpu is not None:
             env.update(CUDA_VISIBLE_DEVICES=slot.gpu, CUDA_DEVICE_ORDER="PCI_BUS_ID")
         slot.log_path = str(self.logs / f"{cell.config.run_name}-{cell.cell_id}-{attempt}.log")
         with open(slot.log_path, "w") as out:
-            slot.process = subprocess.Popen(cell.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+            slot.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)  # Ctrl-C reaches it through us only
-        slot.cell, slot.run_id, slot.started = cell, run.info.run_id, time.time()
+        slot.cell, slot.run_id, slot.started, slot.resumed = cell, run_id, time.time(), bool(resume)
+        if resume:
+            self.console.print(f"{cell.config.run_name}: resuming run {resume} from its checkpoint", highlight=False)
+
+    def _resumable(self, run_id: str) -> Optional[str]:
+        """``run_id`` when its checkpoint is here (the next attempt continues it), else None (train anew)."""
+        return run_id if run_id and has_checkpoint(self.client.get_run(run_id)) else None
+
+    def _watch(self, watched: dict, pending: deque, tally: Tally) -> None:
+        """Cells a live process trains elsewhere (e.g. a sweep killed before its child): count them once done."""
+        for cell_id, (cell, run_id) in list(watched.items()):
+            run = self.client.get_run(run_id)
+            if run.info.status == "RUNNING" and staleness(run) is None:
+                continue
+            del watched[cell_id]
+            if run.info.status == "FINISHED":
+                tally.done += 1
+                tally.energy_kwh += run.data.metrics.get(ENERGY_METRIC, 0.0)
+                tally.emissions_kg += run.data.metrics.get(EMISSIONS_METRIC, 0.0)
+                self.console.print(f"{cell.config.run_name}: FINISHED by the process that was training it",
+                                   highlight=False)
+            else:
+                pending.append((cell, self._resumable(run_id)))
 
     def _collect(self, slot: Slot, tally: Tally) -> tuple[Cell, str]:
         """A child process ended: its run's status (a run it could not close is FAILED) and its energy."""
@@ -132,9 +188,10 @@ class Sweep:
             status = "FAILED"
             self._end(run_id, status, f"training process exited with code {slot.process.returncode}")
         self._attach_log(slot)
-        line = f"{cell.config.run_name}: {status} in {time.time() - slot.started:.0f} s"
+        line = f"{cell.config.run_name}: {status}{' (resumed)' if slot.resumed else ''} in {time.time() - slot.started:.0f} s"
         if status == "FINISHED":
             tally.done += 1
+            tally.resumed += slot.resumed
             tally.durations.append(time.time() - slot.started)
             tally.energy_kwh += run.data.metrics.get(ENERGY_METRIC, 0.0)
             tally.emissions_kg += run.data.metrics.get(EMISSIONS_METRIC, 0.0)
@@ -142,15 +199,17 @@ class Sweep:
         else:
             line += f" ({_last_line(slot.log_path)}); its output: {Path(slot.log_path).name} in the run's artifacts"
         self.console.print(line, highlight=False, soft_wrap=True)
+        slot.last_run_id = run_id
         slot.cell, slot.process, slot.run_id = None, None, ""
         return cell, status
 
     def _interrupt(self, tally: Tally) -> None:
-        """Ctrl-C: no new cells; running ones get SIGINT and end KILLED with their energy logged."""
+        """Ctrl-C or SIGTERM: no new cells; running ones get SIGTERM (which a child handles even when it was
+        started with SIGINT ignored) and end KILLED with their energy logged."""
         self.console.print("interrupted: stopping running cells (they end KILLED); rerun the command to resume")
         busy = [s for s in self.slots if s.process is not None]
         for slot in busy:
-            slot.process.send_signal(signal.SIGINT)
+            slot.process.send_signal(signal.SIGTERM)
         for slot in busy:
             try:
                 slot.process.wait(timeout=120)
@@ -181,10 +240,10 @@ class Sweep:
             per_cell = sum(tally.durations) / len(tally.durations)
             eta = f"{per_cell * (len(pending) + running) / len(self.slots) / 60:.1f} min"
         table = Table(title=f"sweep {self.grid.name}")
-        for name in ("cells", "done", "running", "failed", "pending", "elapsed", "ETA", "energy"):
+        for name in ("cells", "done", "resumed", "running", "failed", "pending", "elapsed", "ETA", "energy"):
             table.add_column(name, justify="right")
-        table.add_row(str(tally.total), str(tally.done + tally.skipped), str(running), str(len(tally.failed)),
-                      str(len(pending)), f"{elapsed / 60:.1f} min", eta,
+        table.add_row(str(tally.total), str(tally.done + tally.skipped), str(tally.resumed), str(running),
+                      str(len(tally.failed)), str(len(pending)), f"{elapsed / 60:.1f} min", eta,
                       f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh ({tally.energy_kwh:.4g} kWh)")
         return table
 
