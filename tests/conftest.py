@@ -12,6 +12,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _in_a_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process trainings write checkpoints and spools under the working folder: keep them out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     """A tracking URI for an empty sqlite store in this test's folder."""
@@ -31,9 +37,9 @@ def cli_env(tracking_uri: str | None = None) -> dict[str, str]:
 
 def run_cli(args: list[str], tracking_uri: str | None = None, cwd: Path | None = None,
             timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m <args>`` as a user would and capture its output (``env`` adds variables)."""
+    """Run ``python -m <args>`` as a user would, in the test's folder by default, and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd or REPO, env={**cli_env(tracking_uri), **(env or {})},
+        [sys.executable, "-m", *args], cwd=cwd or Path.cwd(), env={**cli_env(tracking_uri), **(env or {})},
         capture_output=True, text=True, timeout=timeout,
     )
 

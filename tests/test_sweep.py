@@ -61,7 +61,7 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
         sum(r.data.metrics["emissions"] for r in children), rel=1e-9)
 
     dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
-    assert "4 cells: 4 done, 0 failed, 0 pending" in dry.stdout, dry.stdout + dry.stderr
+    assert "4 cells: 4 done, 0 running, 0 resumable, 0 failed, 0 pending" in dry.stdout, dry.stdout + dry.stderr
 
     again = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
     assert again.returncode == 0 and "0 trained, 4 already done" in again.stderr, again.stderr[-2000:]
@@ -139,7 +139,7 @@ def test_dry_run_of_the_study_lists_195_pending_cells(store, tmp_path):
     result = run_cli(["eemlflow.sweep", str(REPO / "sweeps" / "ee-training.yaml"), "--dry-run"],
                      tracking_uri=store, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "195 cells: 0 done, 0 failed, 195 pending" in result.stdout
+    assert "195 cells: 0 done, 0 running, 0 resumable, 0 failed, 195 pending" in result.stdout
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -164,17 +164,20 @@ def test_a_stopped_sweep_kills_the_running_cell_starts_no_other_and_resumes(stor
     assert (child.info.status, parent.info.status) == ("KILLED", "KILLED")
     assert child.data.tags["eemlflow.status"] == "KILLED" and child.data.metrics["energy_consumed"] > 0
     dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
-    assert "2 cells: 0 done, 1 failed, 1 pending" in dry.stdout, dry.stdout
+    # The stopped cell has a checkpoint (it logged an epoch): a rerun continues it rather than starting over.
+    assert "2 cells: 0 done, 0 running, 1 resumable, 0 failed, 1 pending" in dry.stdout, dry.stdout
     if sig == signal.SIGTERM:
         return  # resuming is the same whichever signal stopped it: checked once, below
 
     again = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
     assert again.returncode == 0 and "2 trained, 0 already done" in again.stderr, again.stderr[-2000:]
+    assert "1 resumed from a checkpoint" in again.stderr
     children = [r for r in runs(store, "long") if CELL_TAG in r.data.tags]
-    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED", "KILLED"]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]  # the stopped run, continued
+    assert child.info.run_id in {r.info.run_id for r in children}
     [same_parent] = [r for r in runs(store, "long") if CELL_TAG not in r.data.tags]
     assert same_parent.info.run_id == parent.info.run_id and same_parent.info.status == "FINISHED"
-    assert same_parent.data.metrics["sweep_done"] == 2
+    assert same_parent.data.metrics["sweep_done"] == 2 and same_parent.data.metrics["sweep_resumed"] == 1
 
 
 def test_a_cells_key_ignores_where_and_how_fast_it_runs_but_nothing_else():
@@ -193,7 +196,7 @@ def test_the_launchers_sweep_and_export_entry_points_take_empty_values(store, tm
                             "-P", f"grid={grid}", "-P", "dry_run=true"],  # only, set, gpus: empty defaults
                            cwd=tmp_path, env=cli_env(store), capture_output=True, text=True, timeout=300)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
-    assert "4 cells: 0 done, 0 failed, 4 pending" in sweep.stdout
+    assert "4 cells: 0 done, 0 running, 0 resumable, 0 failed, 4 pending" in sweep.stdout
     out = tmp_path / "exported.csv"
     export = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "export", "--env-manager",
                              "local", "-P", f"output={out}"], cwd=tmp_path, env=cli_env(store), capture_output=True,
