@@ -7,9 +7,7 @@ and are written atomically: a temporary file beside the target, renamed over it 
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
@@ -19,6 +17,7 @@ import pandas as pd
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
+from eemlflow.atomic import atomic_write
 from eemlflow.errors import EemlflowError
 from eemlflow.store import schema
 from eemlflow.store.connect import search_all_runs
@@ -84,18 +83,7 @@ def write_csv(frame: pd.DataFrame, output: str | Path) -> None:
     if str(output) == "-":
         text.to_csv(sys.stdout, index=False)
         return
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            text.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(output), lambda f: text.to_csv(f, index=False))
 
 
 # What makes two rows the same training (the study's columns that set it up).

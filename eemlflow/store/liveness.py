@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from eemlflow.errors import EemlflowError
 from eemlflow.store.connect import _env
 from eemlflow.store.schema import HEARTBEAT_TAG
+from eemlflow.store.writer import env_seconds
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,8 @@ class Heartbeat:
 
 
 def heartbeat_seconds() -> float:
-    raw = os.environ.get(HEARTBEAT_ENV, "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_HEARTBEAT_S
-    except ValueError:
-        raise EemlflowError(f"{HEARTBEAT_ENV} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise EemlflowError(f"{HEARTBEAT_ENV} must be positive, got {raw!r}")
-    return value
+    """The heartbeat interval, from ``EEMLFLOW_HEARTBEAT_SECONDS`` (default 60 s)."""
+    return env_seconds(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S, minimum=0.1)
 
 
 class HeartbeatThread:

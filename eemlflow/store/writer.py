@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
@@ -24,6 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from eemlflow.atomic import atomic_write
 from eemlflow.errors import EemlflowError
 from eemlflow.store.connect import _env, describe_store_error
 
@@ -41,18 +41,23 @@ _TRANSIENT_TEXT = ("failed with exception", "failed with timeout exception", "da
                    "server closed the connection", "could not connect to server", "connection timed out")
 
 
-def retry_seconds() -> float:
-    """The retry window for one record, from ``EEMLFLOW_STORE_RETRY_SECONDS`` (default 180 s)."""
-    raw = os.environ.get(RETRY_ENV, "").strip()
+def env_seconds(name: str, default: float, minimum: float = 0.0) -> float:
+    """A duration in seconds from environment variable ``name`` (``default`` when unset); bad values are an error."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_RETRY_S
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise EemlflowError(f"{RETRY_ENV} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise EemlflowError(f"{RETRY_ENV} must be 0 or more seconds, got {raw!r}")
+        raise EemlflowError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value < minimum:
+        raise EemlflowError(f"{name} must be at least {minimum:g} seconds, got {raw!r}")
     return value
+
+
+def retry_seconds() -> float:
+    """The retry window for one record, from ``EEMLFLOW_STORE_RETRY_SECONDS`` (default 180 s)."""
+    return env_seconds(RETRY_ENV, DEFAULT_RETRY_S)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -218,13 +223,7 @@ def replay(path: Path, client: Optional[MlflowClient] = None, window_s: Optional
 
 
 def _rewrite(path: Path, header: dict, records: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for item in (header, *records):
-            f.write(json.dumps(item) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write("".join(json.dumps(item) + "\n" for item in (header, *records))))
 
 
 def spool_path_for(run_id: str, root: str | Path = "checkpoints") -> Path:

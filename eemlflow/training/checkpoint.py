@@ -12,9 +12,7 @@ the same. The caller may add its own picklable ``extra`` (the runner keeps the e
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eemlflow.atomic import atomic_write
 from eemlflow.errors import EemlflowError
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.device_data import DeviceLoader
@@ -68,17 +67,7 @@ def save_checkpoint(path: Path, recipe: Recipe, cfg: TrainConfig, epochs_done: i
                         for loader in (recipe.train_loader, recipe.eval_loader)],
         },
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
