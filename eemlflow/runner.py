@@ -123,6 +123,7 @@ def train_run(
                     save_checkpoint(ckpt, recipe, cfg, progress.epochs_done,
                                     {"segments": progress.earlier + [monitor.record_so_far() or {}],
                                      "written_at": time.time()})
+                heartbeat.poke()
                 if reporter:
                     reporter.epoch(result, total)
                 monitor.begin_window("epoch")

@@ -70,22 +70,27 @@ class HeartbeatThread:
         self.run_id, self._state = run_id, state
         self._client = MlflowClient(tracking_uri)
         self._interval = heartbeat_seconds()
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="eemlflow-heartbeat", daemon=True)
 
     def start(self) -> "HeartbeatThread":
         self._thread.start()
         return self
 
+    def poke(self) -> None:
+        """Beat soon (e.g. at an epoch's end, so the beat carries it), without waiting for it."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=15)
 
     def _loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             self.beat()
-            if self._stop.wait(self._interval):
-                return
+            self._wake.wait(self._interval)
+            self._wake.clear()
 
     def beat(self) -> None:
         epoch, energy = self._state()
