@@ -11,6 +11,7 @@ import threading
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,7 +214,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["--model", "resnet181"], "unknown timm model 'resnet181'; did you mean resnet18"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--dataset", "cifar10", "--data-dir", "{tmp}"], "CIFAR-10 files missing in"),
@@ -222,16 +223,34 @@ def _free_port() -> int:
     (["--lr", "-1"], "lr must be a positive number"),
     (["--batch-size", "5000"], "batch_size 5000 is larger than the 1438 training images"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "cannot reach the MLflow tracking store"),
-])
-def test_bad_input_is_one_line_and_no_run(store, tmp_path, args, message):
-    args = [a.format(tmp=tmp_path, port=_free_port()) for a in args]
-    base = ["--dataset", "digits"] if "--dataset" not in args else []
-    result = run_cli(["eemlflow.train", *base, *args], tracking_uri=store, cwd=tmp_path, timeout=120)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("eemlflow: error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    if (tmp_path / "mlflow.db").exists():
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory) -> list[tuple[subprocess.Popen, str, str, Path]]:
+    """Every bad command line of BAD_INPUT started at once, each in its own folder and store (the CLIs spend their
+    time importing; run together they cost one start-up, not eight)."""
+    started = []
+    for args, _ in BAD_INPUT:
+        folder = tmp_path_factory.mktemp("bad")
+        store = f"sqlite:///{folder / 'mlflow.db'}"
+        args = [a.format(tmp=folder, port=_free_port()) for a in args]
+        base = ["--dataset", "digits"] if "--dataset" not in args else []
+        proc = subprocess.Popen([sys.executable, "-m", "eemlflow.train", *base, *args], cwd=folder,
+                                env=cli_env(store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started.append((proc, store, folder))
+    return [(proc, proc.communicate(timeout=300)[1], store, folder) for proc, store, folder in started]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[m for _, m in BAD_INPUT])
+def test_bad_input_is_one_line_and_no_run(bad_input_results, case):
+    proc, stderr, store, folder = bad_input_results[case]
+    message = BAD_INPUT[case][1]
+    assert proc.returncode == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("eemlflow: error:")]
+    assert len(errors) == 1 and message in errors[0], stderr
+    assert "Traceback" not in stderr
+    if (folder / "mlflow.db").exists():
         client = MlflowClient(store)
         assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
