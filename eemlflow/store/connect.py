@@ -49,7 +49,7 @@ def connect(tracking_uri: Optional[str] = None) -> MlflowClient:
         mlflow.set_tracking_uri(tracking_uri)
     uri = mlflow.get_tracking_uri()
     check_uri(uri)
-    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+    with no_http_retries(10):
         try:
             with schema_lock(uri):
                 client = MlflowClient(uri)
@@ -198,7 +198,10 @@ def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_stri
 
 
 @contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
+def no_http_retries(timeout_s: int) -> Iterator[None]:
+    """MLflow's HTTP client without its own retries (minutes of them) and with a ``timeout_s`` time-out: the
+    callers here decide how long to insist. Restores the caller's settings afterwards."""
+    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:

@@ -24,7 +24,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
-from eemlflow.store.connect import _env
+from eemlflow.store.connect import no_http_retries
 from eemlflow.store.schema import HEARTBEAT_TAG
 from eemlflow.store.writer import env_seconds
 
@@ -96,7 +96,7 @@ class HeartbeatThread:
         epoch, energy = self._state()
         beat = Heartbeat(socket.gethostname(), os.getpid(), time.time(), epoch, energy)
         try:
-            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+            with no_http_retries(10):
                 self._client.log_batch(self.run_id, tags=[RunTag(HEARTBEAT_TAG, beat.to_tag())])
         except Exception as e:  # a missed beat is harmless; the next one may get through
             log.debug("heartbeat of run %s not stored: %s", self.run_id, e)

@@ -28,7 +28,7 @@ from eemlflow.measure.energy import EnergyReading, EnergyResult
 from eemlflow.errors import EemlflowError
 from eemlflow.training.recipe import EpochResult
 from eemlflow.store import StoreWriter, experiment_id_for
-from eemlflow.store.connect import _env, describe_store_error
+from eemlflow.store.connect import describe_store_error, no_http_retries
 from eemlflow.store.writer import spool_path_for, with_retries
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class TrainingRun:
         self._log(tags=tags)
         self.writer.set_terminated(status)
         try:  # leave MLflow's fluent run (and stop its system metrics); the status is already stored or spooled
-            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+            with no_http_retries(10):
                 mlflow.end_run(status=status)
         except Exception as e:
             log.debug("mlflow.end_run could not reach the store: %s", e)

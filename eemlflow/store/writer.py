@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from eemlflow.atomic import atomic_write
 from eemlflow.errors import EemlflowError
-from eemlflow.store.connect import _env, describe_store_error
+from eemlflow.store.connect import describe_store_error, no_http_retries
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def with_retries(call: Callable[[], T], what: str, window_s: Optional[float] = N
     delay = 0.5
     while True:
         try:
-            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="30"):
+            with no_http_retries(30):
                 return call()
         except Exception as e:
             left = deadline - time.monotonic()
