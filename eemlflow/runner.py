@@ -29,7 +29,6 @@ from eemlflow.training.models import check_model_name
 from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.store import connect
 from eemlflow.store.liveness import HeartbeatThread
-from eemlflow.store.schema import LOST_ENERGY_METRIC
 from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint
 from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun, environment
 
@@ -99,7 +98,7 @@ def train_run(
             recipe = build_recipe(cfg, data, device)
             if point is not None:
                 restore(recipe, point.checkpoint)
-                run._log(metrics={LOST_ENERGY_METRIC: point.lost_energy_kwh})
+                run.log_lost_energy(point.lost_energy_kwh)
             run.log_setup(cfg, data, str(device), recipe.input_size, environment(device), inputs=point is None)
             monitor = EnergyMonitor(
                 cfg.country, country_given=cfg.country_given,

@@ -90,6 +90,10 @@ class TrainingRun:
         self._log(tags={schema.SEGMENTS_TAG: str(number),
                         schema.SEGMENT_TAG.format(n=number): f"host={host} pid={pid} start={started}"})
 
+    def log_lost_energy(self, kwh: float) -> None:
+        """Energy of interrupted work that no checkpoint kept (a resumed run), kWh; not in the energy columns."""
+        self._log(metrics={schema.LOST_ENERGY_METRIC: kwh})
+
     def log_setup(self, cfg: TrainConfig, data: ImageData, device: str, input_size: tuple[int, ...],
                   environment: dict[str, str], inputs: bool = True) -> None:
         """Settings, dataset (unless ``inputs`` is False: a resumed run has them) and environment."""
