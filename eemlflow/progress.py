@@ -9,7 +9,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from eemlflow.training.config import TrainConfig
 from eemlflow.measure.energy import EnergyReading
+from eemlflow.measure.units import WH_PER_KWH
+from eemlflow.measure.projection import Projection
 from eemlflow.training.recipe import EpochResult
+
+
+def format_projection(projection: Optional[Projection]) -> str:
+    """The whole run's projected cost: energy (Wh, kWh), emissions and measured time."""
+    if projection is None:
+        return ""
+    return (f"projected: {projection.energy_kwh * WH_PER_KWH:.3f} Wh ({projection.energy_kwh:.3g} kWh, "
+            f"{projection.emissions_kg * 1000:.3g} g CO2-eq) in {projection.duration_s:.0f} s")
 
 
 def format_energy(reading: Optional[EnergyReading]) -> str:
@@ -52,18 +62,18 @@ class RichReporter:
         self._progress.update(self._batches, completed=index, total=batches,
                               **({"info": info} if info is not None else {}))
 
-    def epoch(self, result: EpochResult, total: Optional[EnergyReading]) -> None:
+    def epoch(self, result: EpochResult, total: Optional[EnergyReading], projection: Optional[Projection]) -> None:
         epochs = self._cfg.epochs if self._cfg else "?"
         line = (
             f"epoch {result.epoch + 1}/{epochs}  train_loss {result.train_loss:.4f}  eval_loss {result.eval_loss:.4f}  "
             f"top1 {result.eval_top1:.2f} %  top5 {result.eval_top5:.2f} %  lr {result.lr:.3g}  "
-            f"{result.images_per_s:.0f} img/s  so far: {format_energy(total)}"
+            f"{result.images_per_s:.0f} img/s  so far: {format_energy(total)}  {format_projection(projection)}"
         )
         if self._progress is None:
             self.console.print(line, highlight=False, soft_wrap=True)
             return
         self._progress.console.print(line, highlight=False)
-        self._progress.update(self._epochs, advance=1, info=format_energy(total))
+        self._progress.update(self._epochs, advance=1, info=f"{format_energy(total)}  {format_projection(projection)}")
         self._progress.reset(self._batches, info="")  # the last epoch's loss and energy would read as current
 
     def end(self) -> None:

@@ -24,7 +24,8 @@ from eemlflow.training.data import load_data
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.gpu_ids import nvml_indices, nvml_uuid_table
 from eemlflow.measure.energy import EnergyMonitor, EnergyReading, EnergyResult
-from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs
+from eemlflow.measure.projection import Budgets, Projection, Projector
+from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs, synchronizer
 from eemlflow.training.models import check_model_name
 from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.store import connect
@@ -40,12 +41,20 @@ class Reporter(Protocol):
 
     def begin(self, cfg: TrainConfig, run_id: str, batches: int) -> None: ...
     def batch(self, index: int, batches: int, loss: Optional[float], energy: Optional[EnergyReading]) -> None: ...
-    def epoch(self, result: EpochResult, total: Optional[EnergyReading]) -> None: ...
+    def epoch(self, result: EpochResult, total: Optional[EnergyReading], projection: Optional[Projection]) -> None: ...
     def end(self) -> None: ...
 
 
 class Terminated(BaseException):
     """SIGTERM, turned into an exception so that the run is closed as KILLED like on Ctrl-C."""
+
+
+class BudgetReached(Exception):
+    """The next epoch would take the run over a budget: it ends KILLED, resumable from its checkpoint."""
+
+    def __init__(self, budget: str, reason: str) -> None:
+        super().__init__(reason)
+        self.budget = budget  # energy, emissions or time
 
 
 @dataclass
@@ -57,6 +66,10 @@ class RunOutcome:
     error: Optional[str] = None
     unlogged: int = 0  # records the store did not take, kept in ``spool_path`` for a replay
     spool_path: Optional[str] = None
+    stopped: Optional[str] = None  # why a budget stopped the run
+    budget: Optional[str] = None  # which: energy, emissions or time
+    checkpoint: Optional[str] = None  # where a stopped run's checkpoint is (None: it has none)
+    projections: dict[int, float] = field(default_factory=dict)  # epoch (from 1) -> projected energy, kWh
 
 
 def train_run(
@@ -102,31 +115,50 @@ def train_run(
             run.log_setup(cfg, data, str(device), recipe.input_size, environment(device), inputs=point is None)
             monitor = EnergyMonitor(
                 cfg.country, country_given=cfg.country_given,
-                measure_power_secs=cfg.measure_power_secs, gpu_ids=gpu_ids,
+                measure_power_secs=cfg.measure_power_secs, gpu_ids=gpu_ids, synchronize=synchronizer(device),
             )
             monitor.start()
+            projector = Projector(cfg.epochs, progress.epochs_done, progress.spent_before)
             heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()
             if reporter:
                 reporter.begin(cfg, run.run_id, len(recipe.train_loader))
             def on_batch(i: int, n: int, loss: Optional[float]) -> None:
                 if reporter:
                     reporter.batch(i, n, loss, progress.whole_run(monitor.live()))
+            budgets = Budgets(cfg.energy_budget_kwh, cfg.emissions_budget_kg, cfg.time_budget_s)
             monitor.begin_window("epoch")
+            _check_budgets(budgets, progress.whole_run(monitor.so_far()), projector, progress.epochs_done)
+            saved_at = progress.epochs_done
+            def save() -> None:
+                save_checkpoint(ckpt, recipe, cfg, progress.epochs_done,
+                                {"segments": progress.earlier + [monitor.record_so_far() or {}], "written_at": time.time()})
             for result in run_epochs(recipe, on_batch, start_epoch=progress.epochs_done):
                 energy = monitor.end_window("epoch")
-                total = progress.whole_run(monitor.live())
-                run.log_epoch(result, energy, total)
+                total = progress.whole_run(monitor.so_far())
+                projection = projector.add(energy, total) if energy is not None and total is not None else None
+                run.log_epoch(result, energy, total, projection)
                 outcome.epochs.append(result)
                 progress.epochs_done = result.epoch + 1
+                if projection is not None:
+                    outcome.projections[progress.epochs_done] = projection.energy_kwh
                 if cfg.checkpoint_every and progress.epochs_done % cfg.checkpoint_every == 0:
-                    save_checkpoint(ckpt, recipe, cfg, progress.epochs_done,
-                                    {"segments": progress.earlier + [monitor.record_so_far() or {}],
-                                     "written_at": time.time()})
+                    save()
+                    saved_at = progress.epochs_done
                 heartbeat.poke()
                 if reporter:
-                    reporter.epoch(result, total)
+                    reporter.epoch(result, total, projection)
+                if progress.epochs_done < cfg.epochs:
+                    try:
+                        _check_budgets(budgets, total, projector, progress.epochs_done)
+                    except BudgetReached:
+                        if cfg.checkpoint_every and saved_at != progress.epochs_done:
+                            save()  # the stop is clean: keep every epoch trained for the resume
+                        raise
                 monitor.begin_window("epoch")
         outcome.status = "FINISHED"
+    except BudgetReached as e:
+        outcome.status, outcome.stopped, outcome.budget = "KILLED", str(e), e.budget
+        outcome.checkpoint = str(ckpt) if ckpt.exists() else None
     except (KeyboardInterrupt, Terminated) as e:
         outcome.status, outcome.error, interrupted = "KILLED", f"interrupted by {type(e).__name__}", e
     except Exception as e:  # the run must end FAILED with the error, whatever it was
@@ -145,17 +177,27 @@ def train_run(
     return outcome
 
 
+def _check_budgets(budgets: Budgets, spent: Optional[EnergyReading], projector: Projector, epochs_done: int) -> None:
+    """Before an epoch: raise ``BudgetReached`` when what is spent plus that epoch's projection crosses a budget."""
+    breach = budgets.breach(spent, projector.next_epoch())
+    if breach is not None:
+        raise BudgetReached(breach[0], f"{breach[1]}, after {epochs_done} of {projector.epochs} epochs")
+
+
 class _Progress:
     """How far this run is (epochs done, across segments) and its earlier segments' energy records."""
 
     def __init__(self, point: Optional[ResumePoint]) -> None:
         self.epochs_done = point.checkpoint.epochs_done if point else 0
         self.earlier = point.earlier_segments if point else []
-        self._offset = sum((EnergyReading.from_values(s) for s in self.earlier), EnergyReading(0, 0, 0, 0, 0, 0))
+        readings = [EnergyReading.from_values(s) for s in self.earlier]
+        self.spent_before = sum(readings[1:], readings[0]) if readings else None  # the earlier segments' energy
 
     def whole_run(self, segment: Optional[EnergyReading]) -> Optional[EnergyReading]:
         """This process's energy so far plus the earlier segments': the run's total so far."""
-        return None if segment is None else segment + self._offset
+        if segment is None or self.spent_before is None:
+            return segment
+        return segment + self.spent_before
 
     def beat(self, monitor: EnergyMonitor):
         """What the heartbeat reports: epochs done and this process's energy so far (kWh)."""
@@ -172,7 +214,9 @@ def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutco
         if monitor is not None:
             outcome.energy = monitor.stop(earlier_segments)
             run.log_energy(outcome.energy)
-        run.finish(outcome.status, outcome.error)
+            if outcome.status == "FINISHED" and outcome.energy.reading is not None:
+                run.log_projection_errors(outcome.energy.reading.energy_kwh, outcome.projections)
+        run.finish(outcome.status, outcome.error, outcome.stopped)
         outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)
 
 

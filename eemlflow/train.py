@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
-from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, print_error
-from eemlflow.training.config import TrainConfig
+from eemlflow.cli import EXIT_BUDGET, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, print_error
+from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
 from eemlflow.errors import EemlflowError
 from eemlflow.progress import RichReporter, format_energy
 
@@ -65,6 +65,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"{outcome.run_id} ({outcome.status}) are kept in {outcome.spool_path}: once the store is back, "
                       f"run `python -m eemlflow.runs replay {outcome.spool_path}`", highlight=False, soft_wrap=True)
         return EXIT_UNLOGGED
+    if outcome.stopped:
+        option = "--" + BUDGET_SETTINGS[outcome.budget].replace("_", "-")
+        resume = (f"to go on, resume it with a larger budget: python -m eemlflow.train --resume {outcome.run_id} "
+                  f"{option} LARGER and its other settings as before" if outcome.checkpoint else
+                  f"no checkpoint keeps its epochs (none trained, or checkpoint_every=0): start a new run with a "
+                  f"larger {option}")
+        console.print(f"eemlflow: stopped by the {outcome.stopped} (run {outcome.run_id} marked KILLED); {resume}",
+                      highlight=False, soft_wrap=True)
+        return EXIT_BUDGET
     if outcome.status != "FINISHED":
         console.print(f"eemlflow: training failed: {outcome.error} (run {outcome.run_id} marked {outcome.status})",
                       highlight=False, soft_wrap=True)

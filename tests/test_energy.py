@@ -10,7 +10,8 @@ import pytest
 from eemlflow.measure.energy import EnergyMonitor, suspicions
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.gpu_ids import nvml_indices
-from conftest import gpu_present
+from eemlflow.measure.counters import NvmlEnergyCounter
+from conftest import gpu_present, rapl_readable
 
 
 def test_windows_nest_and_add_up():
@@ -68,11 +69,49 @@ def test_provenance_and_suspicions_on_this_machine():
     assert result.avg_power_w == pytest.approx(final.energy_consumed * 3.6e6 / final.duration)
     assert result.avg_cpu_power_w == pytest.approx(final.cpu_energy * 3.6e6 / final.duration)
     # The GPU checks, applied to this real record as a GPU run would report it:
-    no_gpu_energy = dataclasses.replace(final, gpu_energy=0.0)
-    assert any("gpu_energy is 0" in s for s in suspicions(no_gpu_energy, provenance, used_gpu=True))
+    def check(used_gpu=True, **changes):
+        return suspicions(dataclasses.replace(result, **changes), used_gpu=used_gpu)
+    assert any("gpu_energy is 0" in s for s in check(record=dataclasses.replace(final, gpu_energy=0.0)))
     ram_heavy = dataclasses.replace(final, gpu_energy=1e-4, gpu_power=3.0, ram_power=20.0)
-    assert any("RAM power above GPU power" in s for s in suspicions(ram_heavy, provenance, used_gpu=True))
-    assert not any("GPU" in s for s in suspicions(final, provenance, used_gpu=False))
+    assert any("RAM power above GPU power" in s for s in check(record=ram_heavy))
+    assert not any("GPU" in s for s in check(used_gpu=False))
+    # The counter rule, on this record's figures as a counter would give them: 2 % apart is the limit.
+    gpu_run = dataclasses.replace(final, gpu_energy=1.0e-3)
+    assert not any("NVML" in s for s in check(record=gpu_run, nvml_gpu_energy_kwh=1.0e-3 / 1.019))
+    [flag] = [s for s in check(record=gpu_run, nvml_gpu_energy_kwh=1.0e-3 / 1.05) if "NVML" in s]
+    assert "+5.0 % off the NVML counter's 0.000952381 kWh" in flag
+
+
+def test_hardware_counters_read_where_they_exist_and_say_why_not_elsewhere():
+    monitor = EnergyMonitor("USA", measure_power_secs=1, gpu_ids=[0] if gpu_present() else None)
+    monitor.start()
+    monitor.begin_window("epoch")
+    time.sleep(0.5)
+    epoch = monitor.end_window("epoch")
+    result = monitor.stop()
+    provenance = result.provenance
+    if rapl_readable():
+        assert provenance.cpu_counter.startswith("RAPL package counters (measured)")
+        assert 0 < epoch.rapl_cpu_energy_kwh <= result.rapl_cpu_energy_kwh
+        assert result.cpu_energy_discrepancy_pct is not None
+    else:  # this machine: no /sys/class/powercap, or not readable
+        assert provenance.cpu_counter.startswith("unavailable: ")
+        assert epoch.rapl_cpu_energy_kwh is None and result.rapl_cpu_energy_kwh is None
+        assert result.cpu_energy_discrepancy_pct is None
+    if gpu_present():
+        assert provenance.gpu_counter.startswith("NVML total-energy counter (measured), GPU 0")
+        assert 0 < epoch.nvml_gpu_energy_kwh <= result.nvml_gpu_energy_kwh
+        assert result.gpu_energy_discrepancy_pct is not None
+    else:
+        assert provenance.gpu_counter == "not read: training on the CPU"
+        assert epoch.nvml_gpu_energy_kwh is None and result.gpu_energy_discrepancy_pct is None
+    # The NVML reader itself, asked for a GPU here: it reads one, or says in one line why it cannot.
+    counter = NvmlEnergyCounter([0])
+    if gpu_present():
+        assert counter.available and counter.read_kwh() >= 0
+    else:
+        assert not counter.available and counter.read_kwh() is None
+        assert counter.description.startswith("unavailable: ") and "\n" not in counter.description
 
 
 UUIDS = {"GPU-8932f937-d72c-4106-c12f-20bd9faed9f6": 0, "GPU-0b4d7c61-9ad4-1a2b-3c4d-5e6f7a8b9c0d": 1,

@@ -76,11 +76,23 @@ def test_the_readmes_first_command_learns_and_puts_every_study_column_on_the_run
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, 9)), key
     epoch_energy = sum(m.value for m in client.get_metric_history(run.info.run_id, "epoch_energy_kwh"))
     assert 0 < epoch_energy <= row["energy_consumed"]
+    # The projection of the whole run after each epoch, scored at the end: within 15 % after 3 of the 8 epochs.
+    history = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+               for key in (schema.EPOCH.projected_energy_kwh, schema.EPOCH.projected_duration_s,
+                           schema.EPOCH.projected_emissions_kg, schema.EPOCH.projection_error_pct)}
+    assert [len(v) for v in history.values()] == [8, 8, 8, 8]
+    errors = history[schema.EPOCH.projection_error_pct]
+    assert errors[2] == pytest.approx((history[schema.EPOCH.projected_energy_kwh][2] / row["energy_consumed"] - 1) * 100)
+    assert abs(errors[2]) <= 15, errors
+    assert abs(history[schema.EPOCH.projected_duration_s][2] / row["duration"] - 1) <= 0.15
+    assert abs(history[schema.EPOCH.projected_emissions_kg][2] / row["emissions"] - 1) <= 0.15
     tags = run.data.tags
     assert tags["mlflow.runName"] == "resnet18-digits-e8-b32"
     assert tags["energy.country_source"] == "default"
     assert ("measured" if rapl_readable() else "estimated") in tags["energy.cpu_method"]
     assert tags["energy.ram_method"].startswith("CodeCarbon estimate")
+    assert tags["energy.gpu_counter"].startswith("NVML total-energy counter" if gpu_present() else "not read")
+    assert tags["energy.cpu_counter"].startswith("RAPL" if rapl_readable() else "unavailable: ")
     assert {"versions.torch", "versions.timm", "versions.codecarbon", "mlflow.note.content"} <= set(tags)
     assert run.data.params["mode"] == "faithful"
     assert run.data.params["resolved_device"] == ("cuda" if gpu_present() else "cpu")
@@ -121,7 +133,7 @@ class _FailingReporter:
 
     def begin(self, cfg, run_id, batches): pass
     def batch(self, index, batches, loss, energy): pass
-    def epoch(self, result, total): raise RuntimeError("disk on fire")
+    def epoch(self, result, total, projection): raise RuntimeError("disk on fire")
     def end(self): pass
 
 

@@ -6,8 +6,12 @@ named windows open at once (the whole run, the current epoch). Underneath is one
 fails). CodeCarbon swallows its own exceptions, so every reading is checked: a tracker that did not
 start or stopped answering sets ``failure`` instead of producing zeros.
 
+Beside CodeCarbon, the hardware counters of ``counters`` (NVML for the training GPU, RAPL for the CPU packages)
+are read at the same window boundaries, after the device has finished its queued work, and CodeCarbon's GPU and
+CPU energy are checked against them (``EnergyResult.gpu_energy_discrepancy_pct``).
+
 Units: CodeCarbon reports energy in kWh, emissions in kg CO2-eq and time in s; the field names here carry
-those units and the conversion to Wh/J happens in ``EnergyReading`` alone.
+those units and the conversion to Wh/J happens in ``EnergyReading`` alone (factors in ``units``).
 """
 
 from __future__ import annotations
@@ -17,21 +21,27 @@ import logging
 import tempfile
 import threading
 from dataclasses import dataclass, fields
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from codecarbon import OfflineEmissionsTracker
 from codecarbon.output_methods.base_output import BaseOutput
 from codecarbon.output_methods.emissions_data import EmissionsData
 
+from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
+from eemlflow.measure.units import J_PER_KWH, WH_PER_KWH
+
 log = logging.getLogger(__name__)
 
-J_PER_KWH = 3.6e6
-WH_PER_KWH = 1e3
+# CodeCarbon further than this from a hardware counter over a run makes the run's energy suspect.
+DISCREPANCY_SUSPECT_PCT = 2.0
+# Keys of the counters' figures in a segment's record (a checkpoint keeps them beside CodeCarbon's fields).
+COUNTER_KEYS = ("nvml_gpu_energy_kwh", "rapl_cpu_energy_kwh")
 
 
 @dataclass(frozen=True)
 class EnergyReading:
-    """Energy over a window (or, for a snapshot, since the tracker started)."""
+    """Energy over a window (or, for a snapshot, since the tracker started): CodeCarbon's figures, and the
+    hardware counters' where they exist (None: no counter here)."""
 
     duration_s: float
     energy_kwh: float
@@ -39,6 +49,8 @@ class EnergyReading:
     gpu_energy_kwh: float
     ram_energy_kwh: float
     emissions_kg: float
+    nvml_gpu_energy_kwh: Optional[float] = None
+    rapl_cpu_energy_kwh: Optional[float] = None
 
     @property
     def energy_wh(self) -> float:
@@ -49,10 +61,21 @@ class EnergyReading:
         return self.energy_kwh * J_PER_KWH
 
     def __sub__(self, other: "EnergyReading") -> "EnergyReading":
-        return EnergyReading(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+        return self._combine(other, -1.0)
 
     def __add__(self, other: "EnergyReading") -> "EnergyReading":
-        return EnergyReading(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return self._combine(other, 1.0)
+
+    def scaled(self, factor: float) -> "EnergyReading":
+        """Every figure times ``factor`` (e.g. a mean over epochs)."""
+        return EnergyReading(*(None if getattr(self, f.name) is None else getattr(self, f.name) * factor
+                               for f in fields(self)))
+
+    def _combine(self, other: "EnergyReading", sign: float) -> "EnergyReading":
+        """Field by field; a counter missing on either side is missing in the result (never half a figure)."""
+        def one(a: Optional[float], b: Optional[float]) -> Optional[float]:
+            return None if a is None or b is None else a + sign * b
+        return EnergyReading(*(one(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
 
     @classmethod
     def from_emissions(cls, data: EmissionsData) -> "EnergyReading":
@@ -63,9 +86,12 @@ class EnergyReading:
         """From CodeCarbon's record as a mapping (``EmissionsData.values``, or one kept in a checkpoint)."""
         def number(key: str) -> float:
             return float(values.get(key) or 0.0)
+        def counter(key: str) -> Optional[float]:
+            return None if values.get(key) is None else float(values[key])
         return cls(duration_s=number("duration"), energy_kwh=number("energy_consumed"),
                    cpu_energy_kwh=number("cpu_energy"), gpu_energy_kwh=number("gpu_energy"),
-                   ram_energy_kwh=number("ram_energy"), emissions_kg=number("emissions"))
+                   ram_energy_kwh=number("ram_energy"), emissions_kg=number("emissions"),
+                   nvml_gpu_energy_kwh=counter("nvml_gpu_energy_kwh"), rapl_cpu_energy_kwh=counter("rapl_cpu_energy_kwh"))
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,8 @@ class Provenance:
     gpu_ids: str
     ram_method: str
     country_source: str
+    gpu_counter: str = "not read"  # the NVML counter CodeCarbon's GPU energy is checked against, or why none
+    cpu_counter: str = "not read"  # the RAPL counters CodeCarbon's CPU energy is checked against, or why none
 
     def as_dict(self) -> dict[str, str]:
         """Field name -> text (empty when unknown), for tags."""
@@ -98,10 +126,25 @@ class EnergyResult:
     provenance: Provenance
     suspicions: tuple[str, ...] = ()
     failure: Optional[str] = None
+    nvml_gpu_energy_kwh: Optional[float] = None  # the training GPU(s)' NVML counter over the run
+    rapl_cpu_energy_kwh: Optional[float] = None  # the CPU packages' RAPL counters over the run
 
     @property
     def reading(self) -> Optional[EnergyReading]:
-        return None if self.record is None else EnergyReading.from_emissions(self.record)
+        if self.record is None:
+            return None
+        return dataclasses.replace(EnergyReading.from_emissions(self.record), nvml_gpu_energy_kwh=self.nvml_gpu_energy_kwh,
+                                   rapl_cpu_energy_kwh=self.rapl_cpu_energy_kwh)
+
+    @property
+    def gpu_energy_discrepancy_pct(self) -> Optional[float]:
+        """CodeCarbon's GPU energy against the NVML counter, in % of the counter (None without a counter)."""
+        return discrepancy_pct(self.record.gpu_energy, self.nvml_gpu_energy_kwh) if self.record else None
+
+    @property
+    def cpu_energy_discrepancy_pct(self) -> Optional[float]:
+        """CodeCarbon's CPU energy against the RAPL counters, in % of the counters (None without them)."""
+        return discrepancy_pct(self.record.cpu_energy, self.rapl_cpu_energy_kwh) if self.record else None
 
     def _per_second(self, kwh: float) -> Optional[float]:
         if self.record is None or not self.record.duration:
@@ -123,6 +166,13 @@ class EnergyResult:
     @property
     def avg_power_w(self) -> Optional[float]:
         return self._per_second(self.record.energy_consumed) if self.record else None
+
+
+def discrepancy_pct(codecarbon_kwh: float, counter_kwh: Optional[float]) -> Optional[float]:
+    """(CodeCarbon - counter) / counter in %; None when there is no counter figure or it read nothing."""
+    if counter_kwh is None or counter_kwh <= 0:
+        return None
+    return (codecarbon_kwh - counter_kwh) / counter_kwh * 100.0
 
 
 # How a run's segments (one per process that trained it: the first one and each resume) add up.
@@ -190,6 +240,8 @@ class EnergyMonitor:
             (CodeCarbon then measures every visible GPU, and a GPU with no energy is not suspect).
         measure_power_secs: CodeCarbon's sampling interval in seconds.
         project_name: CodeCarbon's project name (a CSV column).
+        synchronize: waits for the device's queued work (``torch.cuda.synchronize``), called before every
+            window boundary so that the counters and CodeCarbon see the work that was launched before it.
     """
 
     def __init__(
@@ -198,12 +250,16 @@ class EnergyMonitor:
         *,
         country_given: bool = True,
         gpu_ids: Optional[Sequence[int]] = None,
-        measure_power_secs: float = 15.0,
+        measure_power_secs: float = 1.0,
         project_name: str = "eemlflow",
+        synchronize: Optional[Callable[[], None]] = None,
     ) -> None:
         self.failure: Optional[str] = None
+        self._synchronize = synchronize
+        self._nvml = NvmlEnergyCounter(gpu_ids) if gpu_ids is not None else None
+        self._rapl = RaplEnergyCounter()
         self.segment: Optional[EmissionsData] = None  # this process's final record, once stopped
-        self._last_record: Optional[EmissionsData] = None
+        self._last_record: Optional[dict] = None
         self._country_given = country_given
         self._capture = _Capture()
         self._windows: dict[str, EnergyReading] = {}
@@ -244,6 +300,11 @@ class EnergyMonitor:
         now = self._snapshot()
         return None if now is None else now - start
 
+    def _counters(self) -> dict[str, Optional[float]]:
+        """The hardware counters since this monitor was made (kWh), by ``COUNTER_KEYS``; None where unavailable."""
+        return {"nvml_gpu_energy_kwh": self._nvml.read_kwh() if self._nvml else None,
+                "rapl_cpu_energy_kwh": self._rapl.read_kwh()}
+
     def live(self) -> Optional[EnergyReading]:
         """The latest totals CodeCarbon sampled on its timer, for progress displays; no measurement made."""
         data = self._capture.live
@@ -254,35 +315,52 @@ class EnergyMonitor:
 
         ``earlier_segments``: CodeCarbon's records of the run's earlier processes (a resumed run), added in.
         """
+        if self._synchronize is not None:
+            self._synchronize()
         self._tracker.stop()
+        counters = self._counters()
+        self._rapl.close()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
         self.segment = final  # this process's own record, kept for the next resume
         if final is None and self.failure is None:
             self.failure = "CodeCarbon's tracker returned no final measurement (it logs its own error above)"
             log.warning("energy tracking failed: %s", self.failure)
         record = None if self.failure else combine_segments(earlier_segments, final)
+        for key in COUNTER_KEYS:  # a counter missing in any segment leaves the run without that figure
+            values = [counters[key], *(seg.get(key) for seg in earlier_segments)]
+            counters[key] = None if any(v is None for v in values) else sum(values)
         provenance = self.provenance()
-        suspect = tuple(suspicions(record, provenance, self._used_gpu)) if record is not None else ()
+        result = EnergyResult(record, provenance, (), self.failure, **counters)
+        suspect = tuple(suspicions(result, self._used_gpu)) if record is not None else ()
         for reason in suspect:
             log.warning("suspect energy figures: %s", reason)
-        return EnergyResult(record, provenance, suspect, self.failure)
+        return dataclasses.replace(result, suspicions=suspect)
 
     def _snapshot(self) -> Optional[EnergyReading]:
         if self.failure:
             return None
+        if self._synchronize is not None:
+            self._synchronize()
         self._capture.take()
         self._tracker.flush()
+        counters = self._counters()
         data = self._capture.take()
         if data is None:
             self.failure = "CodeCarbon's tracker stopped reporting (flush returned nothing)"
             log.warning("energy tracking failed: %s", self.failure)
             return None
-        self._last_record, self._last = data, EnergyReading.from_emissions(data)
+        self._last_record = {**data.values, **counters}
+        self._last = EnergyReading.from_values(self._last_record)
         return self._last
 
+    def so_far(self) -> Optional[EnergyReading]:
+        """This process's totals at the last window boundary (since ``start``); None when the tracker failed."""
+        return None if self.failure else self._last
+
     def record_so_far(self) -> Optional[dict]:
-        """CodeCarbon's totals at the last window boundary (``EmissionsData.values``), for a checkpoint."""
-        return None if self.failure or self._last_record is None else dict(self._last_record.values)
+        """CodeCarbon's totals and the counters' at the last window boundary (``EmissionsData.values`` plus
+        ``COUNTER_KEYS``), for a checkpoint."""
+        return None if self.failure or self._last_record is None else dict(self._last_record)
 
     def provenance(self) -> Provenance:
         """How each figure is obtained here. Reads CodeCarbon's hardware objects, which it does not expose."""
@@ -309,15 +387,24 @@ class EnergyMonitor:
             gpu_ids=gpu_ids,
             ram_method=RAM_METHOD,
             country_source="given" if self._country_given else "default",
+            gpu_counter=self._nvml.description if self._nvml else "not read: training on the CPU",
+            cpu_counter=self._rapl.description,
         )
 
 
 _ZERO = EnergyReading(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def suspicions(final: EmissionsData, provenance: Provenance, used_gpu: bool) -> list[str]:
+def suspicions(result: EnergyResult, used_gpu: bool) -> list[str]:
     """Reasons to distrust a run's energy figures; each becomes a warning and a tag on the run."""
+    final, provenance = result.record, result.provenance
     found = []
+    for what, cc_kwh, counter, counter_kwh, pct in (
+            ("GPU", final.gpu_energy, "NVML counter", result.nvml_gpu_energy_kwh, result.gpu_energy_discrepancy_pct),
+            ("CPU", final.cpu_energy, "RAPL counters", result.rapl_cpu_energy_kwh, result.cpu_energy_discrepancy_pct)):
+        if pct is not None and abs(pct) > DISCREPANCY_SUSPECT_PCT:
+            found.append(f"CodeCarbon's {what} energy {cc_kwh:.6g} kWh is {pct:+.1f} % off the {counter}'s "
+                         f"{counter_kwh:.6g} kWh (more than {DISCREPANCY_SUSPECT_PCT:g} %)")
     if used_gpu and final.gpu_energy <= 0:
         found.append("trained on a GPU but gpu_energy is 0: CodeCarbon did not see the GPU (NVML missing?)")
     if used_gpu and final.ram_power > final.gpu_power > 0:

@@ -25,6 +25,7 @@ from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
 from eemlflow.measure.energy import EnergyReading, EnergyResult
+from eemlflow.measure.projection import Projection, projection_error_pct
 from eemlflow.errors import EemlflowError
 from eemlflow.training.recipe import EpochResult
 from eemlflow.store import StoreWriter, experiment_id_for
@@ -143,8 +144,10 @@ class TrainingRun:
                 else:
                     time.sleep(0.5)
 
-    def log_epoch(self, result: EpochResult, energy: Optional[EnergyReading], total: Optional[EnergyReading]) -> None:
-        """The epoch's losses, accuracies, lr and throughput, and its energy (step = epoch number, from 1)."""
+    def log_epoch(self, result: EpochResult, energy: Optional[EnergyReading], total: Optional[EnergyReading],
+                  projection: Optional[Projection] = None) -> None:
+        """The epoch's losses, accuracies, lr and throughput, its energy (CodeCarbon's and the hardware counters')
+        and the run's projected totals (step = epoch number, from 1)."""
         key = schema.EPOCH
         values = {
             key.train_loss: result.train_loss,
@@ -165,9 +168,32 @@ class TrainingRun:
                 key.duration_s: energy.duration_s,
                 key.j_per_image: energy.energy_j / result.train_images if result.train_images else 0.0,
             })
+            values.update({k: v for k, v in ((key.nvml_gpu_energy_kwh, energy.nvml_gpu_energy_kwh),
+                                             (key.rapl_cpu_energy_kwh, energy.rapl_cpu_energy_kwh)) if v is not None})
         if total is not None:
             values[key.energy_so_far_kwh] = total.energy_kwh
+        if projection is not None:
+            values.update({key.projected_energy_kwh: projection.energy_kwh,
+                           key.projected_duration_s: projection.duration_s,
+                           key.projected_emissions_kg: projection.emissions_kg})
         self._log(metrics=values, step=result.epoch + 1)
+
+    def log_projection_errors(self, final_kwh: float, projected: dict[int, float]) -> None:
+        """How far each epoch's projection of the run's energy was from the final figure, in % (step = epoch).
+
+        ``projected`` holds this process's projections by step; a resumed run's earlier ones are read back from
+        the store (where it cannot be read, only this process's are scored).
+        """
+        try:
+            history = self.client.get_metric_history(self.run_id, schema.EPOCH.projected_energy_kwh)
+            projected = {**{m.step: m.value for m in history}, **projected}
+        except Exception as e:  # scoring is a report: a store hiccup must not fail a finished run
+            log.warning("earlier projections not read back (%s): scoring this process's only", e)
+        now = int(time.time() * 1000)
+        metrics = [Metric(schema.EPOCH.projection_error_pct, error, now, step) for step, value in sorted(projected.items())
+                   if (error := projection_error_pct(value, final_kwh)) is not None]
+        if metrics:
+            self.writer.log_batch(metrics=metrics, params=[], tags=[])
 
     def log_energy(self, energy: EnergyResult) -> None:
         """CodeCarbon's final record (every field), time-weighted powers, provenance and warnings."""
@@ -179,7 +205,11 @@ class TrainingRun:
             tags.update(cc_tags)
             derived = {"avg_cpu_power_w": energy.avg_cpu_power_w, "avg_gpu_power_w": energy.avg_gpu_power_w,
                        "avg_ram_power_w": energy.avg_ram_power_w, "avg_power_w": energy.avg_power_w,
-                       "energy_wh": energy.reading.energy_wh}
+                       "energy_wh": energy.reading.energy_wh,
+                       "nvml_gpu_energy_kwh": energy.nvml_gpu_energy_kwh,
+                       "gpu_energy_discrepancy_pct": energy.gpu_energy_discrepancy_pct,
+                       "rapl_cpu_energy_kwh": energy.rapl_cpu_energy_kwh,
+                       "cpu_energy_discrepancy_pct": energy.cpu_energy_discrepancy_pct}
             metrics.update({schema.BY_NAME[name].key: value for name, value in derived.items() if value is not None})
         if energy.failure:
             tags[schema.ENERGY_FAILURE_TAG] = energy.failure
@@ -187,14 +217,15 @@ class TrainingRun:
             tags[schema.ENERGY_SUSPECT_TAG] = " | ".join(energy.suspicions)
         self._log(params=params, metrics=metrics, tags=tags)
 
-    def finish(self, status: str, error: Optional[str] = None) -> None:
-        """End the run as FINISHED, FAILED or KILLED, with the error as a tag.
+    def finish(self, status: str, error: Optional[str] = None, stopped: Optional[str] = None) -> None:
+        """End the run as FINISHED, FAILED or KILLED, with the error (or the budget that ``stopped`` it) as a tag.
 
         The status is also kept in the ``eemlflow.status`` tag: under ``mlflow run``, MLflow 3.17's launcher
         marks the run FAILED after any non-zero exit, KILLED included (its ``_maybe_set_run_terminated``
         compares the string status with integer codes, so it never sees the run as already ended).
         """
-        tags = {schema.STATUS_TAG: status, **({schema.ERROR_TAG: error[:5000]} if error else {})}
+        tags = {schema.STATUS_TAG: status, **({schema.ERROR_TAG: error[:5000]} if error else {}),
+                **({schema.STOPPED_TAG: stopped[:5000]} if stopped else {})}
         self._log(tags=tags)
         self.writer.set_terminated(status)
         try:  # leave MLflow's fluent run (and stop its system metrics); the status is already stored or spooled

@@ -112,6 +112,10 @@ EXTRAS: tuple[Column, ...] = (
     Column("avg_ram_power_w", "metric", float, "W", "ram_energy / duration"),
     Column("avg_power_w", "metric", float, "W", "energy_consumed / duration"),
     Column("energy_wh", "metric", float, "Wh", "energy_consumed in Wh"),
+    Column("nvml_gpu_energy_kwh", "metric", float, "kWh", "the training GPU(s)' NVML total-energy counter"),
+    Column("gpu_energy_discrepancy_pct", "metric", float, "%", "(gpu_energy - nvml_gpu_energy_kwh) / counter"),
+    Column("rapl_cpu_energy_kwh", "metric", float, "kWh", "the CPU packages' RAPL counters"),
+    Column("cpu_energy_discrepancy_pct", "metric", float, "%", "(cpu_energy - rapl_cpu_energy_kwh) / counter"),
     Column("mode", "param", str, doc="faithful (the study's recipe) or fast"),
     # The launcher owns the raw `data_path` param (empty = by mode): the path actually used is `resolved_data_path`.
     Column("data_path", "param", str, doc="cpu (timm's loader) or gpu", mlflow_key="resolved_data_path"),
@@ -142,6 +146,7 @@ HEARTBEAT_TAG = "eemlflow.heartbeat"  # JSON: host, pid, time, epoch, energy_kwh
 SEGMENTS_TAG = "eemlflow.segments"  # how many processes trained the run (1 + resumes)
 SEGMENT_TAG = "eemlflow.segment.{n}"  # "host=... pid=... start=..." of segment n (from 1)
 RESUMED_RUN_TAG = "eemlflow.resumed_run"  # on a launcher's run that resumed another one
+STOPPED_TAG = "eemlflow.stopped"  # why a budget stopped the run (it ends KILLED, resumable with a larger one)
 LOST_ENERGY_METRIC = "lost_energy_kwh"  # measured before a kill but after the last checkpoint (not in the total)
 # A sweep's tags: on each child (cell, attempt) and on the parent (sweep).
 CELL_TAG = "eemlflow.cell_id"
@@ -175,6 +180,13 @@ class _EpochKeys:
     duration_s: str = "epoch_duration_s"
     j_per_image: str = "epoch_energy_j_per_image"
     energy_so_far_kwh: str = "energy_so_far_kwh"
+    nvml_gpu_energy_kwh: str = "epoch_nvml_gpu_energy_kwh"
+    rapl_cpu_energy_kwh: str = "epoch_rapl_cpu_energy_kwh"
+    # The whole run's totals as projected after this epoch, and (logged at the end) how far that was off.
+    projected_energy_kwh: str = "projected_energy_kwh"
+    projected_duration_s: str = "projected_duration_s"
+    projected_emissions_kg: str = "projected_emissions_kg"
+    projection_error_pct: str = "projection_error_pct"
 
 
 @dataclass(frozen=True)
@@ -190,8 +202,23 @@ class _SweepKeys:
     lost_energy_kwh: str = "sweep_lost_energy_kwh"  # energy of interrupted work thrown away (not in the total)
 
 
+@dataclass(frozen=True)
+class _ForecastKeys:
+    """A sweep's forecast: on each child what was predicted and how far off it was, on the parent the grid's."""
+
+    energy_kwh: str = "forecast_energy_kwh"
+    duration_s: str = "forecast_duration_s"
+    emissions_kg: str = "forecast_emissions_kg"
+    error_pct: str = "forecast_error_pct"  # (forecast - measured) / measured energy, on a FINISHED child
+    grid_energy_kwh: str = "sweep_forecast_energy_kwh"
+    grid_duration_s: str = "sweep_forecast_duration_s"
+    grid_emissions_kg: str = "sweep_forecast_emissions_kg"
+    grid_error_pct: str = "sweep_forecast_error_pct"  # over the cells trained and forecast
+
+
 EPOCH = _EpochKeys()
 SWEEP = _SweepKeys()
+FORECAST = _ForecastKeys()
 
 
 def to_mlflow(values: dict[str, Any], columns: tuple[Column, ...]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:

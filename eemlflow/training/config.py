@@ -21,6 +21,8 @@ DATA_PATHS: tuple[str, ...] = ("cpu", "gpu")
 BASE_LR_PER_256 = 0.1
 # The country whose average carbon intensity applies when none is given (recorded as "default").
 DEFAULT_COUNTRY = "USA"
+# Each budget a run can be held to, by what it limits (the settings are in kWh, kg CO2-eq and s).
+BUDGET_SETTINGS = {"energy": "energy_budget_kwh", "emissions": "emissions_budget_kg", "time": "time_budget_s"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class TrainConfig:
     seed: int = 42
     workers: int = 4
     download: bool = False
-    measure_power_secs: float = 15.0
+    measure_power_secs: float = 1.0
     mode: str = "faithful"
     data_path: Optional[str] = None
     compile: bool = False
@@ -48,6 +50,9 @@ class TrainConfig:
     checkpoint_dir: str = "checkpoints"
     keep_checkpoint: bool = False
     resume: Optional[str] = None
+    energy_budget_kwh: Optional[float] = None
+    emissions_budget_kg: Optional[float] = None
+    time_budget_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "model is empty: give a timm model name, e.g. resnet18")
@@ -75,6 +80,9 @@ class TrainConfig:
             not (self.mode == "fast" and self.data_path == "cpu"),
             "mode=fast uses the GPU data path: leave data_path empty or set it to gpu",
         )
+        for name in BUDGET_SETTINGS.values():
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"{name} must be a positive number (or empty: no limit), got {value}")
         if self.country_iso_code is not None:
             _check_country(self.country_iso_code)
 

@@ -95,6 +95,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def synchronizer(device: torch.device) -> Optional[Callable[[], None]]:
+    """What waits for ``device``'s queued work (before an energy counter is read), or None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return lambda: torch.cuda.synchronize(device)
+
+
 def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device) -> Recipe:
     """Model, loaders, optimizer and scheduler exactly as timm train.py builds them for this config."""
     random_seed(cfg.seed)

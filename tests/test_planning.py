@@ -1,0 +1,79 @@
+"""Budgets on real digits trainings: each stops a run before the epoch that would cross it, cleanly, resumably."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from eemlflow.runner import train_run
+from eemlflow.store.schema import EPOCH, STOPPED_TAG
+from eemlflow.training import TrainConfig
+from conftest import run_cli
+
+EPOCHS = 4
+TINY = TrainConfig(model="test_resnet", dataset="digits", epochs=EPOCHS, batch_size=32, img_size=32, workers=0)
+# budget setting -> (the per-epoch metric it limits, the run's total so far, the projection of the total)
+LIMITS = {
+    "energy_budget_kwh": (EPOCH.energy_kwh, EPOCH.energy_so_far_kwh, EPOCH.projected_energy_kwh),
+    "emissions_budget_kg": (EPOCH.emissions_kg, None, EPOCH.projected_emissions_kg),
+    "time_budget_s": (EPOCH.duration_s, None, EPOCH.projected_duration_s),
+}
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An unlimited run of the same cell: what each epoch costs here, to set budgets that bite mid-run."""
+    store = f"sqlite:///{tmp_path_factory.mktemp('reference') / 'mlflow.db'}"
+    outcome = train_run(TINY, tracking_uri=store, system_metrics=False)
+    assert outcome.status == "FINISHED"
+    client = MlflowClient(store)
+    return {setting: history(client, outcome.run_id, epoch_key) for setting, (epoch_key, _, _) in LIMITS.items()}
+
+
+@pytest.mark.parametrize("setting", sorted(LIMITS))
+def test_a_budget_stops_the_run_before_the_epoch_that_would_cross_it(setting, reference, store, tmp_path):
+    per_epoch = reference[setting]
+    budget = sum(per_epoch[:2]) + 0.5 * sum(per_epoch[1:]) / (EPOCHS - 1)  # two and a half epochs' worth
+    outcome = train_run(TINY.replace(**{setting: budget}), tracking_uri=store, system_metrics=False)
+    assert outcome.status == "KILLED" and outcome.stopped and outcome.error is None
+    done = len(outcome.epochs)
+    assert 1 <= done < EPOCHS, (done, budget, per_epoch)
+    client = MlflowClient(store)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["eemlflow.status"] == "KILLED"
+    reason = run.data.tags[STOPPED_TAG]
+    assert reason.startswith(f"{setting.split('_')[0]} budget {budget:g}") and f"after {done} of {EPOCHS} epochs" in reason
+    # From what the run logged: spent so far is within the budget, and spent plus the projected next epoch is not.
+    epoch_key, so_far_key, projected_key = LIMITS[setting]
+    spent = history(client, outcome.run_id, so_far_key)[-1] if so_far_key else sum(history(client, outcome.run_id, epoch_key))
+    projected = history(client, outcome.run_id, projected_key)
+    assert len(projected) == done
+    next_epoch = (projected[-1] - spent) / (EPOCHS - done)
+    assert spent <= budget < spent + next_epoch * 1.0001
+    assert run.data.metrics["energy_consumed"] > 0  # the energy measured up to the stop is on the run
+    assert outcome.checkpoint and (tmp_path / "checkpoints" / outcome.run_id / "checkpoint.pt").exists()
+
+
+def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(reference, store, tmp_path):
+    tiny = ["--model", "test_resnet", "--dataset", "digits", "--epochs", str(EPOCHS), "--img-size", "32",
+            "--workers", "0", "--no-system-metrics"]
+    per_epoch = reference["energy_budget_kwh"]
+    budget = per_epoch[0] + 0.5 * sum(per_epoch[1:]) / (EPOCHS - 1)  # one and a half epochs' worth
+    stopped = run_cli(["eemlflow.train", *tiny, "--energy-budget-kwh", repr(budget)], tracking_uri=store)
+    assert stopped.returncode == 4 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    [line] = [l for l in stopped.stderr.splitlines() if l.startswith("eemlflow: stopped by the energy budget")]
+    run_id = line.split("(run ")[1].split()[0]
+    assert any(f"after {n} of {EPOCHS} epochs" in line for n in range(1, EPOCHS)), line
+    assert f"--resume {run_id} --energy-budget-kwh LARGER" in line
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "KILLED"
+    resumed = run_cli(["eemlflow.train", *tiny, "--resume", run_id, "--energy-budget-kwh", "1"], tracking_uri=store)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and len(history(client, run_id, "train_loss")) == EPOCHS
+    errors = history(client, run_id, EPOCH.projection_error_pct)
+    assert len(errors) == len(history(client, run_id, EPOCH.projected_energy_kwh)) >= 1 and abs(errors[-1]) < 1e-6
