@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Protocol, Sequence
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
 from eemlflow.errors import EemlflowError
-from eemlflow.measure.gpu_ids import nvml_indices, nvml_uuid_table
+from eemlflow.measure.gpu_ids import measured_gpu_ids
 from eemlflow.measure.energy import EnergyMonitor, EnergyReading, EnergyResult
 from eemlflow.measure.projection import Budgets, Projection, Projector
 from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs, synchronizer
@@ -87,7 +87,7 @@ def train_run(
     """
     check_model_name(cfg.model)
     device = resolve_device(cfg.device)
-    gpu_ids = _visible_gpu_ids(device)
+    gpu_ids = measured_gpu_ids(device)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.download)
     if cfg.batch_size > len(data.train):
         raise EemlflowError(
@@ -218,15 +218,6 @@ def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutco
                 run.log_projection_errors(outcome.energy.reading.energy_kwh, outcome.projections)
         run.finish(outcome.status, outcome.error, outcome.stopped)
         outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)
-
-
-def _visible_gpu_ids(device) -> Optional[list[int]]:
-    """CodeCarbon counts whole devices: measure only the one torch trains on (index as NVML sees it)."""
-    if device.type != "cuda":
-        return None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    needs_uuids = any(not v.strip().isdigit() for v in (visible or "").split(",") if v.strip())
-    return nvml_indices(visible, device.index or 0, nvml_uuid_table() if needs_uuids else {})
 
 
 @contextmanager

@@ -77,3 +77,23 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
     assert run.info.status == "FINISHED" and len(history(client, run_id, "train_loss")) == EPOCHS
     errors = history(client, run_id, EPOCH.projection_error_pct)
     assert len(errors) == len(history(client, run_id, EPOCH.projected_energy_kwh)) >= 1 and abs(errors[-1]) < 1e-6
+
+
+def test_a_forecast_trains_nothing_and_a_grid_budget_starts_no_cell_that_would_cross_it(store, tmp_path):
+    grid = tmp_path / "two.yaml"
+    grid.write_text("name: two\nexperiment: two\nsettings: {dataset: digits, epochs: 1, img_size: 32, workers: 0}\n"
+                    "grid:\n  - {model: test_resnet, batch_size: [32, 64]}\n")
+    only = run_cli(["eemlflow.sweep", str(grid), "--forecast"], tracking_uri=store)
+    assert only.returncode == 0, only.stderr[-2000:]
+    assert "forecast: 2 cells to train, 2 calibrations" in only.stdout
+    rows = {line.split("│")[2].strip(): line for line in only.stdout.splitlines() if "test_resnet-digits-e1" in line}
+    assert sorted(rows) == ["test_resnet-digits-e1-b32", "test_resnet-digits-e1-b64"]
+    assert MlflowClient(store).get_experiment_by_name("two") is None  # nothing trained, no parent opened
+
+    over = run_cli(["eemlflow.sweep", str(grid), "--budget-kwh", "1e-9"], tracking_uri=store)
+    assert over.returncode == 1 and "Traceback" not in over.stderr, over.stderr[-2000:]
+    assert over.stderr.count("not started: with its forecast") == 2
+    assert "2 not started, over the grid's budget of 1e-09 kWh" in over.stderr
+    client = MlflowClient(store)
+    [parent] = client.search_runs([client.get_experiment_by_name("two").experiment_id])  # no child was started
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep_forecast_energy_kwh"] > 1e-9

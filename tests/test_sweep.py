@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -37,9 +38,10 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
     # Two slots: on this GPU-less machine the children train on the CPU, two at a time.
     temp = tmp_path / "tmp"
     temp.mkdir()
-    first = run_cli(["eemlflow.sweep", str(grid), "--gpus", "0,1"], tracking_uri=store, cwd=tmp_path,
-                    env={"TMPDIR": str(temp)})
+    first = run_cli(["eemlflow.sweep", str(grid), "--gpus", "0,1", "--forecast", "run"], tracking_uri=store,
+                    cwd=tmp_path, env={"TMPDIR": str(temp)})
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "forecast: 4 cells to train, 4 calibrations" in first.stdout, first.stdout
     assert [p.name for p in temp.iterdir() if p.name.startswith("eemlflow-sweep-")] == []  # its logs folder went
     assert "4 trained, 0 already done" in first.stderr
     all_runs = runs(store, "tiny-sweep")
@@ -59,6 +61,17 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
         sum(r.data.metrics["energy_consumed"] for r in children), rel=1e-9)
     assert parent.data.metrics["sweep_emissions_kg"] == pytest.approx(
         sum(r.data.metrics["emissions"] for r in children), rel=1e-9)
+    # The forecast: on each child what was predicted and how far off it was, on the parent the grid's.
+    for child in children:
+        m = child.data.metrics
+        assert m["forecast_energy_kwh"] > 0 and m["forecast_duration_s"] > 0 and m["forecast_emissions_kg"] > 0
+        assert m["forecast_error_pct"] == pytest.approx((m["forecast_energy_kwh"] / m["energy_consumed"] - 1) * 100)
+    assert parent.data.metrics["sweep_forecast_energy_kwh"] == pytest.approx(
+        sum(r.data.metrics["forecast_energy_kwh"] for r in children))
+    assert parent.data.metrics["sweep_forecast_error_pct"] == pytest.approx(
+        (parent.data.metrics["sweep_forecast_energy_kwh"] / parent.data.metrics["sweep_energy_kwh"] - 1) * 100)
+    table = MlflowClient(store).download_artifacts(parent.info.run_id, "forecast/forecast.csv", str(tmp_path))
+    assert sorted(pd.read_csv(table)["cell_id"]) == sorted(r.data.tags[CELL_TAG] for r in children)
 
     dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
     assert "4 cells: 4 done, 0 running, 0 resumable, 0 failed, 0 pending" in dry.stdout, dry.stdout + dry.stderr

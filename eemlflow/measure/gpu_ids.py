@@ -7,7 +7,8 @@ a unique prefix of one). ``nvml_indices`` is the pure mapping; ``nvml_uuid_table
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import os
+from typing import Any, Mapping, Optional
 
 from eemlflow.errors import EemlflowError
 
@@ -63,3 +64,13 @@ def nvml_uuid_table() -> dict[str, int]:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def measured_gpu_ids(device: Any) -> Optional[list[int]]:
+    """The NVML index of the torch ``device`` a training uses (CodeCarbon counts whole devices: measure only it);
+    None for a CPU device."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    needs_uuids = any(not v.strip().isdigit() for v in (visible or "").split(",") if v.strip())
+    return nvml_indices(visible, device.index or 0, nvml_uuid_table() if needs_uuids else {})

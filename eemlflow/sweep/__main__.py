@@ -12,10 +12,12 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:  # for type hints only
@@ -24,8 +26,9 @@ if TYPE_CHECKING:  # for type hints only
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import WH_PER_KWH
-from eemlflow.sweep.bookkeeping import cell_states, close_parent, open_parent
-from eemlflow.sweep.grid import Grid, check_data, load_grid, parse_pairs
+from eemlflow.sweep.bookkeeping import cell_states, close_parent, log_forecast, open_parent
+from eemlflow.sweep.forecast import CellForecast, forecast_cells, grid_total
+from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
 from eemlflow.sweep.scheduler import Sweep
 
 
@@ -55,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one cell per GPU at a time")
     p.add_argument("--skip-running", action="store_true",
                    help="leave cells that a live process is training (default: wait for them and count their result)")
+    p.add_argument("--forecast", nargs="?", const="only", default="", choices=["", "only", "run", "false"],
+                   help="calibrate on this machine and print each cell's predicted time, energy and emissions; "
+                        "`--forecast run` then runs the grid with the forecast logged and scored")
+    p.add_argument("--budget-kwh", default="", help="the whole grid's energy budget, kWh: start no cell whose "
+                   "forecast would cross it (implies a forecast)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the grid's `experiment`)")
     p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     return p
@@ -78,16 +86,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dry_run(client, grid, exp.experiment_id if exp else None, Console())
             return 0
         check_data(grid)
+        budget = _positive_float(args.budget_kwh, "--budget-kwh") if args.budget_kwh.strip() else None
+        forecasts = None
+        if args.forecast in ("only", "run") or budget is not None:
+            exp = client.get_experiment_by_name(args.experiment or grid.experiment)
+            states = cell_states(client, exp.experiment_id) if exp else {}
+            todo = [c for c in grid.cells if c.cell_id not in states or states[c.cell_id].state != "done"]
+            forecasts = forecast(todo, console)
+            if args.forecast == "only":
+                return 0
         experiment_id, parent_id = open_parent(client, grid, args.experiment)
+        if forecasts is not None:
+            log_forecast(client, parent_id, forecasts)
     except EemlflowError as e:
         return print_error(console, e)
     sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus, console,
-                  skip_running=args.skip_running)
+                  skip_running=args.skip_running,
+                  forecasts={f.cell.cell_id: f for f in forecasts} if forecasts else None, budget_kwh=budget)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     status = "FAILED"
     try:
         tally = sweep.run()
-        status = "FAILED" if tally.failed else "FINISHED"
+        status = "FAILED" if tally.failed or tally.stopped or tally.over_budget else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         return EXIT_INTERRUPTED
@@ -95,11 +115,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGTERM, previous)
         close_parent(client, grid, experiment_id, parent_id, status)
     extra = (f"; {tally.resumed} resumed from a checkpoint" if tally.resumed else "") + (
-        f"; {tally.left_running} left to the process training them" if tally.left_running else "")
+        f"; {tally.left_running} left to the process training them" if tally.left_running else "") + (
+        f"; {len(tally.stopped)} stopped by their own budget: {', '.join(tally.stopped)}" if tally.stopped else "") + (
+        f"; {len(tally.over_budget)} not started, over the grid's budget of {budget:g} kWh" if tally.over_budget else "") + (
+        f"; forecast {tally.forecast_kwh * WH_PER_KWH:.3f} Wh for the cells trained, "
+        f"{(tally.forecast_kwh / tally.forecast_measured_kwh - 1) * 100:+.0f} %" if tally.forecast_measured_kwh else "")
     console.print(f"sweep {grid.name}: {tally.done} trained, {tally.skipped} already done, {tally.retried} retries, "
                   f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
                   f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time{extra}", highlight=False, soft_wrap=True)
-    return EXIT_FAILED if tally.failed else 0
+    return EXIT_FAILED if tally.failed or tally.stopped or tally.over_budget else 0
+
+
+def forecast(cells: Sequence[Cell], console: Console) -> list[CellForecast]:
+    """Calibrate each distinct cell shape here (with progress), print every cell's forecast and the total."""
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("calibrating", total=None)
+
+        def shown(i: int, n: int, cfg) -> None:
+            progress.update(task, total=n, completed=i - 1,
+                            description=f"calibrating {cfg.model} at batch {cfg.batch_size} ({cfg.resolved_data_path} data path)")
+        forecasts, calibrations = forecast_cells(cells, shown)
+    table = Table(title=f"forecast: {len(forecasts)} cells to train, {len(calibrations)} calibrations in "
+                        f"{time.perf_counter() - started:.0f} s")
+    for name in ("#", "cell", "hours", "kWh", "Wh", "kg CO2-eq"):
+        table.add_column(name, justify="left" if name == "cell" else "right")
+    for i, f in enumerate([*forecasts, grid_total(forecasts)], start=1):
+        table.add_row(str(i) if f.cell else "", f.cell.config.run_name if f.cell else "total",
+                      f"{f.duration_s / 3600:.3g}", f"{f.energy_kwh:.3g}", f"{f.energy_kwh * WH_PER_KWH:.3g}",
+                      f"{f.emissions_kg:.3g}")
+    Console(width=None if console.is_terminal else 120).print(table)
+    return forecasts
+
+
+def _positive_float(raw: str, what: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise EemlflowError(f"{what} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise EemlflowError(f"{what} must be positive, got {value:g}")
+    return value
 
 
 def _nonnegative_int(raw: str, what: str) -> int:

@@ -13,9 +13,12 @@ if TYPE_CHECKING:  # for type hints only
 from eemlflow.store import experiment_id_for, search_all_runs
 from eemlflow.store.liveness import staleness
 from eemlflow.training.checkpoint import checkpoint_path
-from eemlflow.store.schema import (CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, LOST_ENERGY_METRIC, SEGMENTS_TAG, SWEEP,
+from eemlflow.store.schema import (CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, FORECAST, LOST_ENERGY_METRIC, SEGMENTS_TAG, SWEEP,
                                    SWEEP_TAG)
+from eemlflow.sweep.forecast import CellForecast, grid_total, to_csv
 from eemlflow.sweep.grid import Grid
+
+FORECAST_ARTIFACT = "forecast/forecast.csv"
 
 @dataclass(frozen=True)
 class CellState:
@@ -24,6 +27,7 @@ class CellState:
 
     state: str
     run_id: str = ""
+    energy_kwh: float = 0.0  # a done cell's measured energy
 
 
 def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, CellState]:
@@ -36,7 +40,7 @@ def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, CellState
         done = [r for r in cell_runs if r.info.status == "FINISHED"]
         latest = max(cell_runs, key=lambda r: r.info.start_time or 0)
         if done:
-            states[cell_id] = CellState("done", done[0].info.run_id)
+            states[cell_id] = CellState("done", done[0].info.run_id, done[0].data.metrics.get(ENERGY_METRIC, 0.0))
         elif latest.info.status == "RUNNING" and staleness(latest) is None:
             states[cell_id] = CellState("running", latest.info.run_id)
         elif has_checkpoint(latest):
@@ -87,3 +91,14 @@ def close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_id
     }
     client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in totals.items()])
     client.set_terminated(parent_id, status)
+
+
+def log_forecast(client: MlflowClient, parent_id: str, forecasts: list[CellForecast]) -> None:
+    """The grid's forecast on its parent run: totals as metrics, every cell's in ``forecast/forecast.csv``."""
+    from mlflow.entities import Metric
+
+    total, now = grid_total(forecasts), int(time.time() * 1000)
+    client.log_batch(parent_id, metrics=[Metric(FORECAST.grid_energy_kwh, total.energy_kwh, now, 0),
+                                         Metric(FORECAST.grid_duration_s, total.duration_s, now, 0),
+                                         Metric(FORECAST.grid_emissions_kg, total.emissions_kg, now, 0)])
+    client.log_text(parent_id, to_csv(forecasts), FORECAST_ARTIFACT)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, RunTag
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -30,8 +30,10 @@ if TYPE_CHECKING:  # for type hints only
 from eemlflow.store.liveness import staleness
 from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint
 from eemlflow.measure.energy import WH_PER_KWH
-from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, ERROR_TAG, PARENT_RUN_TAG,
-                                   STATUS_TAG)
+from eemlflow.measure.projection import projection_error_pct
+from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, ERROR_TAG, FORECAST,
+                                   PARENT_RUN_TAG, STATUS_TAG, STOPPED_TAG)
+from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,15 @@ class Tally:
     emissions_kg: float = 0.0
     durations: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    stopped: list[str] = field(default_factory=list)  # cells a budget of their own stopped (not retried)
+    over_budget: list[str] = field(default_factory=list)  # cells not started: the grid's budget would be crossed
+    forecast_kwh: float = 0.0  # the forecasts of the cells trained this time, and what they measured
+    forecast_measured_kwh: float = 0.0
+
+    @property
+    def forecast_ratio(self) -> float:
+        """Measured / forecast over the finished cells: how the remaining forecast is refined (1 before any)."""
+        return self.forecast_measured_kwh / self.forecast_kwh if self.forecast_kwh > 0 else 1.0
 
 
 class Sweep:
@@ -73,9 +84,15 @@ class Sweep:
 
     def __init__(self, client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, tracking_uri: str,
                  retries: int = 1, gpus: Sequence[str] = (), console: Optional[Console] = None,
-                 skip_running: bool = False) -> None:
+                 skip_running: bool = False, forecasts: Optional[dict[str, CellForecast]] = None,
+                 budget_kwh: Optional[float] = None) -> None:
+        """``forecasts``: cell id -> its forecast (logged on its run, scored when it finishes, refined as cells
+        finish); ``budget_kwh``: the whole grid's energy, done cells included: no cell starts whose forecast
+        would cross it."""
         self.client, self.grid, self.experiment_id, self.parent_id = client, grid, experiment_id, parent_id
         self.tracking_uri, self.retries, self.skip_running = tracking_uri, retries, skip_running
+        self.forecasts, self.budget_kwh = forecasts or {}, budget_kwh
+        self.spent_before_kwh = 0.0  # energy of the grid's cells finished by earlier invocations
         self.slots = [Slot(g) for g in gpus] or [Slot(None)]
         self.console = console or Console(stderr=True)
         self.logs = Path(tempfile.mkdtemp(prefix="eemlflow-sweep-"))
@@ -89,6 +106,7 @@ class Sweep:
             state = states.get(cell.cell_id)
             if state is not None and state.state == "done":
                 tally.skipped += 1
+                self.spent_before_kwh += state.energy_kwh
             elif state is not None and state.state == "running":
                 if self.skip_running:
                     tally.left_running += 1
@@ -110,11 +128,15 @@ class Sweep:
                 for slot in self.slots:
                     if slot.process is None and pending:
                         cell, resume = pending.popleft()
+                        if not self._within_budget(cell, tally):
+                            continue
                         attempts[cell.cell_id] += 1
                         self._start(slot, cell, attempts[cell.cell_id], resume)
                     elif slot.process is not None and slot.process.poll() is not None:
                         cell, status = self._collect(slot, tally)
-                        if status != "FINISHED":
+                        if status == "STOPPED":
+                            tally.stopped.append(cell.config.run_name)  # its own budget: a retry would stop again
+                        elif status != "FINISHED":
                             if attempts[cell.cell_id] <= self.retries:
                                 tally.retried += 1
                                 pending.append((cell, self._resumable(slot.last_run_id)))
@@ -133,7 +155,31 @@ class Sweep:
             if live:
                 live.stop()
             shutil.rmtree(self.logs, ignore_errors=True)  # every log is attached to its run by now
+            if tally.forecast_measured_kwh > 0:
+                error = projection_error_pct(tally.forecast_kwh, tally.forecast_measured_kwh)
+                self.client.log_batch(self.parent_id, metrics=[
+                    Metric(FORECAST.grid_error_pct, error, int(time.time() * 1000), 0)])
         return tally
+
+    def _forecast_kwh(self, cell: Cell) -> float:
+        """The cell's forecast energy in kWh, as calibrated (0 without a forecast)."""
+        forecast = self.forecasts.get(cell.cell_id)
+        return forecast.energy_kwh if forecast else 0.0
+
+    def _within_budget(self, cell: Cell, tally: Tally) -> bool:
+        """Whether ``cell`` may start under the grid's budget: done + running + its own forecast stay within it."""
+        if self.budget_kwh is None:
+            return True
+        ratio = tally.forecast_ratio
+        running = sum(self._forecast_kwh(s.cell) for s in self.slots if s.cell is not None)
+        committed = self.spent_before_kwh + tally.energy_kwh + ratio * (running + self._forecast_kwh(cell))
+        if committed <= self.budget_kwh:
+            return True
+        tally.over_budget.append(cell.config.run_name)
+        self.console.print(f"{cell.config.run_name}: not started: with its forecast "
+                           f"{ratio * self._forecast_kwh(cell):.4g} kWh the grid would reach {committed:.4g} kWh, over "
+                           f"the budget of {self.budget_kwh:g} kWh", highlight=False, soft_wrap=True)
+        return False
 
     def _start(self, slot: Slot, cell: Cell, attempt: int, resume: Optional[str] = None) -> None:
         """A training process for ``cell``: in a new child run, or continuing run ``resume`` from its checkpoint."""
@@ -149,6 +195,13 @@ class Sweep:
                 PARENT_RUN_TAG: self.parent_id, CELL_TAG: cell.cell_id, ATTEMPT_TAG: str(attempt),
             }).info.run_id
             env["MLFLOW_RUN_ID"] = run_id
+        forecast = self.forecasts.get(cell.cell_id)
+        if forecast is not None:
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[
+                Metric(FORECAST.energy_kwh, forecast.energy_kwh, now, 0),
+                Metric(FORECAST.duration_s, forecast.duration_s, now, 0),
+                Metric(FORECAST.emissions_kg, forecast.emissions_kg, now, 0)])
         if slot.gpu is not None:
             env.update(CUDA_VISIBLE_DEVICES=slot.gpu, CUDA_DEVICE_ORDER="PCI_BUS_ID")
         slot.log_path = str(self.logs / f"{cell.config.run_name}-{cell.cell_id}-{attempt}.log")
@@ -190,12 +243,23 @@ class Sweep:
         self._attach_log(slot)
         line = f"{cell.config.run_name}: {status}{' (resumed)' if slot.resumed else ''} in {time.time() - slot.started:.0f} s"
         if status == "FINISHED":
+            measured = run.data.metrics.get(ENERGY_METRIC, 0.0)
             tally.done += 1
             tally.resumed += slot.resumed
             tally.durations.append(time.time() - slot.started)
-            tally.energy_kwh += run.data.metrics.get(ENERGY_METRIC, 0.0)
+            tally.energy_kwh += measured
             tally.emissions_kg += run.data.metrics.get(EMISSIONS_METRIC, 0.0)
-            line += f", {run.data.metrics.get(ENERGY_METRIC, 0.0) * WH_PER_KWH:.3f} Wh"
+            line += f", {measured * WH_PER_KWH:.3f} Wh"
+            forecast = self.forecasts.get(cell.cell_id)
+            if forecast is not None and measured > 0 and not slot.resumed:  # a resumed run measured only its rest
+                error = projection_error_pct(forecast.energy_kwh, measured)
+                self.client.log_batch(run_id, metrics=[Metric(FORECAST.error_pct, error, int(time.time() * 1000), 0)])
+                tally.forecast_kwh += forecast.energy_kwh
+                tally.forecast_measured_kwh += measured
+                line += f" (forecast {forecast.energy_kwh * WH_PER_KWH:.3f} Wh, {error:+.0f} %)"
+        elif run.data.tags.get(STOPPED_TAG):
+            status = "STOPPED"
+            line += f": stopped by its {run.data.tags[STOPPED_TAG]}"
         else:
             line += f" ({_last_line(slot.log_path)}); its output: {Path(slot.log_path).name} in the run's artifacts"
         self.console.print(line, highlight=False, soft_wrap=True)
@@ -240,11 +304,18 @@ class Sweep:
             per_cell = sum(tally.durations) / len(tally.durations)
             eta = f"{per_cell * (len(pending) + running) / len(self.slots) / 60:.1f} min"
         table = Table(title=f"sweep {self.grid.name}")
-        for name in ("cells", "done", "resumed", "running", "failed", "pending", "elapsed", "ETA", "energy"):
+        columns = ["cells", "done", "resumed", "running", "failed", "pending", "elapsed", "ETA", "energy"]
+        row = [str(tally.total), str(tally.done + tally.skipped), str(tally.resumed), str(running),
+               str(len(tally.failed)), str(len(pending)), f"{elapsed / 60:.1f} min", eta,
+               f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh ({tally.energy_kwh:.4g} kWh)"]
+        if self.forecasts:
+            left = tally.forecast_ratio * (sum(self._forecast_kwh(c) for c, _ in pending)
+                                           + sum(self._forecast_kwh(s.cell) for s in self.slots if s.cell))
+            columns.append("forecast left")
+            row.append(f"{left * WH_PER_KWH:.3f} Wh ({left:.4g} kWh)")
+        for name in columns:
             table.add_column(name, justify="right")
-        table.add_row(str(tally.total), str(tally.done + tally.skipped), str(tally.resumed), str(running),
-                      str(len(tally.failed)), str(len(pending)), f"{elapsed / 60:.1f} min", eta,
-                      f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh ({tally.energy_kwh:.4g} kWh)")
+        table.add_row(*row)
         return table
 
 

@@ -176,6 +176,13 @@ def train_step(recipe: Recipe, loss_fn: torch.nn.Module, x: torch.Tensor, y: tor
     return loss
 
 
+@torch.no_grad()
+def eval_step(recipe: Recipe, x: torch.Tensor) -> torch.Tensor:
+    """One evaluation forward pass under the recipe's precision; fp32 logits."""
+    with recipe.autocast():
+        return recipe.model(x).float()
+
+
 def run_epochs(recipe: Recipe, on_batch: Optional[BatchCallback] = None, start_epoch: int = 0) -> Iterator[EpochResult]:
     """Train and evaluate epoch by epoch, yielding after each; the schedule steps once per epoch.
 
@@ -225,9 +232,7 @@ def _evaluate(recipe: Recipe, loss_fn) -> tuple[float, float, float]:
     n = 0
     k = min(5, recipe.num_classes)
     for x, y in recipe.eval_loader:
-        with recipe.autocast():
-            out = recipe.model(x)
-        out = out.float()
+        out = eval_step(recipe, x)
         acc1, acc5 = accuracy(out, y, topk=(1, k))
         b = x.shape[0]
         loss_sum = loss_sum + loss_fn(out, y) * b
