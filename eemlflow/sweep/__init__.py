@@ -1,9 +1,11 @@
 """Sweeps: a grid of trainings as one resumable MLflow parent run with a child run per cell.
 
 Owns the grid file and its cells (``grid``), the sweep's records in MLflow — cell states, the parent and its
-totals (``bookkeeping``) — and the scheduler that runs each cell in its own training process (``scheduler``);
-``python -m eemlflow.sweep`` is its command line (``__main__``). May import ``eemlflow.training`` (settings and
-validation) and ``eemlflow.store``; it starts trainings as processes, so it never imports the runner.
+totals (``bookkeeping``) — the forecast of what the cells will cost, from a short real calibration
+(``forecast``), and the scheduler that runs each cell in its own training process (``scheduler``);
+``python -m eemlflow.sweep`` is its command line (``__main__``). May import ``eemlflow.training`` (settings,
+validation, the recipe a calibration runs), ``eemlflow.measure`` and ``eemlflow.store``; it starts trainings as
+processes, so it never imports the runner.
 """
 
 from eemlflow.store.schema import CELL_TAG
