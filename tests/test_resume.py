@@ -84,7 +84,7 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
     assert "batch_size: 64 -> 32" in one_error_line(other)
     assert client.get_run(run_id).info.status == "RUNNING"  # a refusal changes nothing
 
-    first_segment_kwh = sum(v for _, v in history(client, run_id, "epoch_energy_kwh"))
+    first_segment_kwh = sum(v for _, v in history(client, run_id, "epoch_energy/energy_kwh"))
     resumed = subprocess.run([sys.executable, "-m", "eemlflow.train", *TINY, "--epochs", "5", "--batch-size", "64",
                               "--resume", run_id], cwd=tmp_path, env={**cli_env(store), **BEAT},
                              capture_output=True, text=True, timeout=600)
@@ -92,7 +92,7 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["eemlflow.segments"] == "2"
     assert "eemlflow.segment.1" in run.data.tags and "eemlflow.segment.2" in run.data.tags
-    for key in ("train_loss", "eval_top1", "lr", "epoch_energy_kwh"):
+    for key in ("train_loss", "eval_top1", "epoch/lr", "epoch_energy/energy_kwh"):
         assert [step for step, _ in history(client, run_id, key)] == [1, 2, 3, 4, 5], key
     assert run.data.metrics["energy_consumed"] > first_segment_kwh > 0
     assert run.data.metrics["lost_energy_kwh"] >= 0
@@ -108,7 +108,7 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
     assert whole.returncode == 0, whole.stderr[-2000:]
     [reference] = client.search_runs([client.get_experiment_by_name("uninterrupted").experiment_id])
     # On the CPU with workers=0 every generator is restored: the curves are equal bit for bit.
-    for key in ("lr", "train_loss", "eval_loss", "eval_top1", "eval_top5"):
+    for key in ("epoch/lr", "train_loss", "eval_loss", "eval_top1", "eval_top5"):
         assert history(client, run_id, key) == history(client, reference.info.run_id, key), key
 
 

@@ -135,7 +135,7 @@ def test_a_server_restart_mid_training_loses_no_epoch(tmp_path):
         client = MlflowClient(server.uri)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.metrics["energy_consumed"] > 0
-        for key in ("train_loss", "eval_top1", "epoch_energy_kwh"):
+        for key in ("train_loss", "eval_top1", "epoch_energy/energy_kwh"):
             assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3, 4, 5, 6], key
     finally:
         server.stop()

@@ -72,9 +72,9 @@ def test_the_readmes_first_command_learns_and_puts_every_study_column_on_the_run
     assert row["energy_consumed"] == pytest.approx(row["cpu_energy"] + row["gpu_energy"] + row["ram_energy"])
     assert 0 <= row["eval_top1"] <= row["eval_top5"] <= 100
     assert row["country_iso_code"] == "USA" and row["on_cloud"] == "N" and row["cpu_count"] >= 1
-    for key in ("train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "epoch_energy_kwh"):
+    for key in ("train_loss", "eval_loss", "eval_top1", "eval_top5", "epoch/lr", "epoch/train_loss", "epoch_energy/energy_kwh"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, 9)), key
-    epoch_energy = sum(m.value for m in client.get_metric_history(run.info.run_id, "epoch_energy_kwh"))
+    epoch_energy = sum(m.value for m in client.get_metric_history(run.info.run_id, "epoch_energy/energy_kwh"))
     assert 0 < epoch_energy <= row["energy_consumed"]
     # The projection of the whole run after each epoch, scored at the end: within 15 % after 3 of the 8 epochs.
     history = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
@@ -96,7 +96,7 @@ def test_the_readmes_first_command_learns_and_puts_every_study_column_on_the_run
     assert {"versions.torch", "versions.timm", "versions.codecarbon", "mlflow.note.content"} <= set(tags)
     assert run.data.params["mode"] == "faithful"
     assert run.data.params["resolved_device"] == ("cuda" if gpu_present() else "cpu")
-    assert run.data.metrics["avg_power_w"] == pytest.approx(row["energy_consumed"] * 3.6e6 / row["duration"])
+    assert run.data.metrics["summary/avg_power_w"] == pytest.approx(row["energy_consumed"] * 3.6e6 / row["duration"])
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"digits-training", "digits-eval"}
 
 

@@ -176,6 +176,7 @@ class TrainingRun:
             values.update({key.projected_energy_kwh: projection.energy_kwh,
                            key.projected_duration_s: projection.duration_s,
                            key.projected_emissions_kg: projection.emissions_kg})
+        values.update({column: values[key] for key, column in schema.EPOCH.study_figures.items()})
         self._log(metrics=values, step=result.epoch + 1)
 
     def log_projection_errors(self, final_kwh: float, projected: dict[int, float]) -> None:

@@ -99,7 +99,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("lr", "param", float, doc="base learning rate used (peak of the schedule)", mlflow_key="base_lr"),
 )
 
-# Fields beyond the study's 42, appended by `export --with-extras` after them.
+# Fields beyond the study's 42, appended by `export --with-extras` after them. The run's own derived figures are
+# kept under ``summary/`` (a section of its own in MLflow's charts view, beside the study's unprefixed columns).
 EXTRAS: tuple[Column, ...] = (
     _cc("water_consumed", "metric", float, "L"),
     _cc("wue", "metric", float, "L/kWh"),
@@ -107,15 +108,15 @@ EXTRAS: tuple[Column, ...] = (
     _cc("gpu_utilization_percent", "metric", float, "%"),
     _cc("ram_utilization_percent", "metric", float, "%"),
     _cc("ram_used_gb", "metric", float, "GB"),
-    Column("avg_cpu_power_w", "metric", float, "W", "cpu_energy / duration"),
-    Column("avg_gpu_power_w", "metric", float, "W", "gpu_energy / duration"),
-    Column("avg_ram_power_w", "metric", float, "W", "ram_energy / duration"),
-    Column("avg_power_w", "metric", float, "W", "energy_consumed / duration"),
-    Column("energy_wh", "metric", float, "Wh", "energy_consumed in Wh"),
-    Column("nvml_gpu_energy_kwh", "metric", float, "kWh", "the training GPU(s)' NVML total-energy counter"),
-    Column("gpu_energy_discrepancy_pct", "metric", float, "%", "(gpu_energy - nvml_gpu_energy_kwh) / counter"),
-    Column("rapl_cpu_energy_kwh", "metric", float, "kWh", "the CPU packages' RAPL counters"),
-    Column("cpu_energy_discrepancy_pct", "metric", float, "%", "(cpu_energy - rapl_cpu_energy_kwh) / counter"),
+    Column("avg_cpu_power_w", "metric", float, "W", "cpu_energy / duration", mlflow_key="summary/avg_cpu_power_w"),
+    Column("avg_gpu_power_w", "metric", float, "W", "gpu_energy / duration", mlflow_key="summary/avg_gpu_power_w"),
+    Column("avg_ram_power_w", "metric", float, "W", "ram_energy / duration", mlflow_key="summary/avg_ram_power_w"),
+    Column("avg_power_w", "metric", float, "W", "energy_consumed / duration", mlflow_key="summary/avg_power_w"),
+    Column("energy_wh", "metric", float, "Wh", "energy_consumed in Wh", mlflow_key="summary/energy_wh"),
+    Column("nvml_gpu_energy_kwh", "metric", float, "kWh", "the training GPU(s)' NVML total-energy counter", mlflow_key="summary/nvml_gpu_energy_kwh"),
+    Column("gpu_energy_discrepancy_pct", "metric", float, "%", "(gpu_energy - nvml_gpu_energy_kwh) / counter", mlflow_key="summary/gpu_energy_discrepancy_pct"),
+    Column("rapl_cpu_energy_kwh", "metric", float, "kWh", "the CPU packages' RAPL counters", mlflow_key="summary/rapl_cpu_energy_kwh"),
+    Column("cpu_energy_discrepancy_pct", "metric", float, "%", "(cpu_energy - rapl_cpu_energy_kwh) / counter", mlflow_key="summary/cpu_energy_discrepancy_pct"),
     Column("mode", "param", str, doc="faithful (the study's recipe) or fast"),
     # The launcher owns the raw `data_path` param (empty = by mode): the path actually used is `resolved_data_path`.
     Column("data_path", "param", str, doc="cpu (timm's loader) or gpu", mlflow_key="resolved_data_path"),
@@ -163,30 +164,39 @@ RESOLVED_DEVICE_PARAM = BY_NAME["device"].key
 
 @dataclass(frozen=True)
 class _EpochKeys:
-    """Per-epoch metrics (step = epoch number, from 1); the last step of the first four is the CSV's value."""
+    """Per-epoch metrics (step = epoch number, from 1), in named sections of MLflow's charts view (the UI groups
+    keys by their prefix before ``/``): ``epoch/`` learning curves, ``epoch_energy/`` each epoch's energy window,
+    ``projection/`` the run's projected totals. The study's four figures are also logged under their column keys
+    (``train_loss`` ...), whose last step is the CSV's value."""
 
-    train_loss: str = BY_NAME["train_loss"].key
-    eval_loss: str = BY_NAME["eval_loss"].key
-    eval_top1: str = BY_NAME["eval_top1"].key
-    eval_top5: str = BY_NAME["eval_top5"].key
-    lr: str = "lr"  # the schedule's rate in that epoch (the CSV's ``lr`` is the peak, ``base_lr``)
-    train_seconds: str = "epoch_train_seconds"
-    images_per_s: str = "images_per_s"
-    energy_kwh: str = "epoch_energy_kwh"
-    cpu_energy_kwh: str = "epoch_cpu_energy_kwh"
-    gpu_energy_kwh: str = "epoch_gpu_energy_kwh"
-    ram_energy_kwh: str = "epoch_ram_energy_kwh"
-    emissions_kg: str = "epoch_emissions_kg"
-    duration_s: str = "epoch_duration_s"
-    j_per_image: str = "epoch_energy_j_per_image"
-    energy_so_far_kwh: str = "energy_so_far_kwh"
-    nvml_gpu_energy_kwh: str = "epoch_nvml_gpu_energy_kwh"
-    rapl_cpu_energy_kwh: str = "epoch_rapl_cpu_energy_kwh"
+    train_loss: str = "epoch/train_loss"
+    eval_loss: str = "epoch/eval_loss"
+    eval_top1: str = "epoch/eval_top1"
+    eval_top5: str = "epoch/eval_top5"
+    lr: str = "epoch/lr"  # the schedule's rate in that epoch (the CSV's ``lr`` is the peak, ``base_lr``)
+    train_seconds: str = "epoch/train_seconds"
+    images_per_s: str = "epoch/images_per_s"
+    energy_kwh: str = "epoch_energy/energy_kwh"
+    cpu_energy_kwh: str = "epoch_energy/cpu_energy_kwh"
+    gpu_energy_kwh: str = "epoch_energy/gpu_energy_kwh"
+    ram_energy_kwh: str = "epoch_energy/ram_energy_kwh"
+    emissions_kg: str = "epoch_energy/emissions_kg"
+    duration_s: str = "epoch_energy/duration_s"
+    j_per_image: str = "epoch_energy/j_per_image"
+    energy_so_far_kwh: str = "epoch_energy/energy_so_far_kwh"
+    nvml_gpu_energy_kwh: str = "epoch_energy/nvml_gpu_energy_kwh"
+    rapl_cpu_energy_kwh: str = "epoch_energy/rapl_cpu_energy_kwh"
     # The whole run's totals as projected after this epoch, and (logged at the end) how far that was off.
-    projected_energy_kwh: str = "projected_energy_kwh"
-    projected_duration_s: str = "projected_duration_s"
-    projected_emissions_kg: str = "projected_emissions_kg"
-    projection_error_pct: str = "projection_error_pct"
+    projected_energy_kwh: str = "projection/energy_kwh"
+    projected_duration_s: str = "projection/duration_s"
+    projected_emissions_kg: str = "projection/emissions_kg"
+    projection_error_pct: str = "projection/error_pct"
+
+    @property
+    def study_figures(self) -> dict[str, str]:
+        """Per-epoch key -> the study column key that also receives it (its last step is the CSV's value)."""
+        return {self.train_loss: BY_NAME["train_loss"].key, self.eval_loss: BY_NAME["eval_loss"].key,
+                self.eval_top1: BY_NAME["eval_top1"].key, self.eval_top5: BY_NAME["eval_top5"].key}
 
 
 @dataclass(frozen=True)
