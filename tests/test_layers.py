@@ -12,12 +12,13 @@ from conftest import REPO
 
 PACKAGE = REPO / "eemlflow"
 CLI_MODULES = {"eemlflow.train", "eemlflow.export", "eemlflow.ingest", "eemlflow.runs", "eemlflow.sweep.__main__",
-               "eemlflow.cli", "eemlflow.progress"}
+               "eemlflow.cli", "eemlflow.progress", "eemlflow.report.__main__"}
 ALLOWED = {  # subpackage -> the eemlflow subpackages/modules it may import
     "training": {"errors", "atomic", "training"},
     "measure": {"errors", "atomic", "measure"},
     "store": {"errors", "atomic", "training", "measure", "store"},
-    "sweep": {"errors", "atomic", "training", "measure", "store", "sweep"},
+    "report": {"errors", "atomic", "measure", "store", "report"},
+    "sweep": {"errors", "atomic", "training", "measure", "store", "report", "sweep"},
 }
 
 
@@ -43,7 +44,7 @@ def test_a_subpackage_imports_only_the_floors_below_it(subpackage):
             continue
         for name in eemlflow_imports(path):
             parts = name.split(".")
-            if len(parts) > 1 and parts[1] in {"errors", "atomic", "training", "measure", "store", "sweep", "runner",
+            if len(parts) > 1 and parts[1] in {"errors", "atomic", "training", "measure", "store", "report", "sweep", "runner",
                                                 "train", "export", "ingest", "runs", "cli", "progress"}:
                 assert parts[1] in ALLOWED[subpackage], f"{module_name(path)} imports {name}"
 

@@ -72,6 +72,12 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
         (parent.data.metrics["sweep_forecast_energy_kwh"] / parent.data.metrics["sweep_energy_kwh"] - 1) * 100)
     table = MlflowClient(store).download_artifacts(parent.info.run_id, "forecast/forecast.csv", str(tmp_path))
     assert sorted(pd.read_csv(table)["cell_id"]) == sorted(r.data.tags[CELL_TAG] for r in children)
+    # The sweep ends with its report on the parent run: the page and its figures.
+    report = {a.path for a in MlflowClient(store).list_artifacts(parent.info.run_id, "report")}
+    assert report == {"report/report.html", "report/pareto_digits.png", "report/energy_by_model_digits.png",
+                      "report/curves_digits.png"}, report
+    page = Path(MlflowClient(store).download_artifacts(parent.info.run_id, "report/report.html", str(tmp_path)))
+    assert "4 FINISHED runs" in page.read_text() and "We trained 4 models from scratch" in page.read_text()
 
     dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
     assert "4 cells: 4 done, 0 running, 0 resumable, 0 failed, 0 pending" in dry.stdout, dry.stdout + dry.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 
@@ -19,20 +19,25 @@ if TYPE_CHECKING:  # for type hints only
 
 from eemlflow.atomic import atomic_write
 from eemlflow.errors import EemlflowError
-from eemlflow.store import schema
+from eemlflow.store import efficiency, schema
 from eemlflow.store.connect import search_all_runs
 from eemlflow.store.liveness import staleness
 
 DEFAULT_OUTPUT = Path("Dataset/image_classification/training_energy.csv")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
+PROGRESS_EVERY = 500  # runs between progress reports
 
 
 def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = None, statuses: Iterable[str] = ("FINISHED",),
-                 with_extras: bool = False) -> pd.DataFrame:
-    """One row per eemlflow run (trained or ingested) in ``experiments`` (names; all when None).
+                 with_extras: bool = False, tags: Sequence[str] = (), where: str = "",
+                 progress: Optional[Callable[[int], None]] = None) -> pd.DataFrame:
+    """One row per eemlflow run (trained or ingested) in ``experiments`` (names; all when None); ``with_extras``
+    appends the extra fields and the efficiency columns (``eemlflow.store.efficiency``).
 
     Runs without the ``eemlflow.row`` tag (a sweep's parent, other projects' runs) are not rows.
     Values are typed per the schema: ints as ints, missing as None; ordered by timestamp, then run_id.
+    ``tags``: run tags added as columns of their own name; ``where``: an MLflow filter ANDed to the search;
+    ``progress(n)``: told the number of runs read so far, every ``PROGRESS_EVERY`` runs and at the end.
     """
     names = experiment_names(client, experiments)
     columns = schema.COLUMNS + (schema.EXTRAS if with_extras else ())
@@ -40,17 +45,24 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
     for s in status_list:
         if s not in STATUSES:
             raise EemlflowError(f"unknown run status {s!r}: choose among {', '.join(STATUSES)}")
-    rows = []
+    rows, seen = [], 0
     if names:
         now = time.time()
-        for run in search_all_runs(client, list(names), f"tags.`{schema.ROW_TAG}` LIKE '%'"):
+        query = f"tags.`{schema.ROW_TAG}` LIKE '%'" + (f" AND {where}" if where else "")
+        for seen, run in enumerate(search_all_runs(client, list(names), query), start=1):
             if run.info.status in status_list and staleness(run, now=now) is None:  # a stale run is no row
-                rows.append(schema.read_run(run, names[run.info.experiment_id], columns))
-    frame = pd.DataFrame(rows, columns=[c.name for c in columns], dtype=object)
+                row = schema.read_run(run, names[run.info.experiment_id], columns)
+                row.update({tag: run.data.tags.get(tag) for tag in tags})
+                rows.append(row)
+            if progress and seen % PROGRESS_EVERY == 0:
+                progress(seen)
+    if progress:
+        progress(seen)
+    frame = pd.DataFrame(rows, columns=[c.name for c in columns] + list(tags), dtype=object)
     if len(frame):
         order = sorted(range(len(rows)), key=lambda i: (rows[i]["timestamp"] or "", rows[i]["run_id"] or ""))
         frame = frame.iloc[order].reset_index(drop=True)
-    return frame
+    return efficiency.add_efficiency(frame) if with_extras else frame
 
 
 def experiment_names(client: MlflowClient, wanted: Optional[Sequence[str]]) -> dict[str, str]:

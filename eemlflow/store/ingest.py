@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
-from eemlflow.store import schema
+from eemlflow.store import efficiency, schema
 from eemlflow.store.connect import experiment_id_for, search_all_runs
 
 DEFAULT_CODECARBON_EXPERIMENT = "codecarbon-import"
@@ -53,7 +53,8 @@ def read_csv(path: str | Path) -> ParsedFile:
     if not header:
         raise EemlflowError(f"{path}: empty file, expected a header line with the study's 42 columns")
     header = [h.strip() for h in header]
-    known = {c.name for c in schema.COLUMNS + schema.EXTRAS}
+    # The efficiency columns of `export --with-extras` are accepted and not stored: they are derived again.
+    known = {c.name for c in schema.COLUMNS + schema.EXTRAS} | set(efficiency.COLUMNS)
     codecarbon_format = "model" not in header and CODECARBON_MARKERS <= set(header)
     ignored: list[str] = []
     if codecarbon_format:
@@ -69,7 +70,7 @@ def read_csv(path: str | Path) -> ParsedFile:
     duplicates = sorted({h for h in header if header.count(h) > 1})
     if duplicates:
         raise EemlflowError(f"{path}:1: duplicate header columns {', '.join(duplicates)}")
-    columns = [schema.BY_NAME[h] for h in header if h in known]
+    columns = [schema.BY_NAME[h] for h in header if h in schema.BY_NAME]
     rows, first_line = [], {}
     for lineno, cells in enumerate(lines, start=2):
         if not any(c.strip() for c in cells):

@@ -109,6 +109,7 @@ class TrainingRun:
             schema.RESOLVED_DATA_PATH_PARAM: cfg.resolved_data_path,
             schema.PRECISION_PARAM: cfg.precision,
             schema.RESOLVED_DEVICE_PARAM: device,
+            schema.TRAIN_IMAGES_PARAM: str(len(data.train)),
         })
         tags = {
             schema.ROW_TAG: "train",

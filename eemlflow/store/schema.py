@@ -124,6 +124,7 @@ EXTRAS: tuple[Column, ...] = (
     # The launcher owns the `device` param (auto/cuda/cpu): the device actually used is `resolved_device`.
     Column("device", "param", str, doc="the torch device trained on", mlflow_key="resolved_device"),
     Column("status", "info", str, doc="MLflow run status"),
+    Column("train_images", "param", int, doc="training-set images (an epoch's, before the last partial batch is dropped)"),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
@@ -160,6 +161,7 @@ NUM_CLASSES_PARAM = "num_classes"
 RESOLVED_DATA_PATH_PARAM = BY_NAME["data_path"].key
 PRECISION_PARAM = BY_NAME["precision"].key
 RESOLVED_DEVICE_PARAM = BY_NAME["device"].key
+TRAIN_IMAGES_PARAM = BY_NAME["train_images"].key
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -23,9 +24,11 @@ from rich.table import Table
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
+REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import WH_PER_KWH
+from eemlflow.store.schema import PARENT_RUN_TAG
 from eemlflow.sweep.bookkeeping import cell_states, close_parent, log_forecast, open_parent
 from eemlflow.sweep.forecast import CellForecast, forecast_cells, grid_total
 from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
@@ -63,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "`--forecast run` then runs the grid with the forecast logged and scored")
     p.add_argument("--budget-kwh", default="", help="the whole grid's energy budget, kWh: start no cell whose "
                    "forecast would cross it (implies a forecast)")
+    p.add_argument("--no-report", nargs="?", const="true", default="false",
+                   help="do not end with the report (report.html and figures on the parent run, under report/)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the grid's `experiment`)")
     p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     return p
@@ -114,6 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         close_parent(client, grid, experiment_id, parent_id, status)
+    if args.no_report.lower() not in ("true", "1", "yes"):
+        log_report(client, grid, experiment_id, parent_id, console)
     extra = (f"; {tally.resumed} resumed from a checkpoint" if tally.resumed else "") + (
         f"; {tally.left_running} left to the process training them" if tally.left_running else "") + (
         f"; {len(tally.stopped)} stopped by their own budget: {', '.join(tally.stopped)}" if tally.stopped else "") + (
@@ -124,6 +131,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
                   f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time{extra}", highlight=False, soft_wrap=True)
     return EXIT_FAILED if tally.failed or tally.stopped or tally.over_budget else 0
+
+
+def log_report(client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, console: Console) -> None:
+    """The report over the sweep's children, as artifacts of its parent (``report/``); a failure only warns."""
+    from eemlflow.report import write_report
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="eemlflow-report-") as folder:
+            write_report(client, folder, [client.get_experiment(experiment_id).name],
+                         where=f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'", title=f"sweep {grid.name}")
+            client.log_artifacts(parent_id, folder, REPORT_ARTIFACTS)
+        console.print(f"report: {REPORT_ARTIFACTS}/report.html on the sweep's run {parent_id} (MLflow UI, Artifacts)",
+                      highlight=False, soft_wrap=True)
+    except Exception as e:  # the sweep's runs are safe in the store; `python -m eemlflow.report` can redo it
+        console.print(f"eemlflow: warning: the report could not be made ({type(e).__name__}: {e}); run "
+                      f"`python -m eemlflow.report --experiment {client.get_experiment(experiment_id).name}`",
+                      highlight=False, soft_wrap=True)
 
 
 def forecast(cells: Sequence[Cell], console: Console) -> list[CellForecast]:

@@ -1,0 +1,97 @@
+"""The report from a small ingested CSV of known values: Pareto set, efficiency columns, figures, a real browser."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+
+from eemlflow.store import connect
+from eemlflow.store.efficiency import pareto_front
+from eemlflow.store.export import collect_rows
+from eemlflow.store.ingest import ingest, read_csv
+from conftest import run_cli
+from test_export_ingest import study_rows, write_rows
+
+N = 24
+
+
+def brute_force_front(points: list[tuple[float, float]]) -> list[bool]:
+    """On the front: no other point at most as costly and at least as accurate, one of them strictly."""
+    return [not any(e2 <= e and t2 >= t and (e2 < e or t2 > t) for j, (e2, t2) in enumerate(points) if j != i)
+            for i, (e, t) in enumerate(points)]
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    """A store holding N study rows whose top-1 does not simply grow with energy (so the front is a real subset)."""
+    folder = tmp_path_factory.mktemp("report")
+    rows = study_rows(N)
+    for i, row in enumerate(rows):
+        row["eval_top1"] = repr(90 + ((i * 7) % 11) / 2)
+        row["experiment_name"] = "study"
+    rows[3]["energy_consumed"] = rows[2]["energy_consumed"]  # a tie in energy
+    csv_path = write_rows(folder / "study.csv", rows)
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    ingest(connect(store), read_csv(csv_path))
+    return store, rows
+
+
+def test_the_front_matches_a_brute_force_computation_including_ties():
+    points = [(1.0, 90.0), (2.0, 95.0), (2.0, 95.0), (2.0, 93.0), (3.0, 94.0), (0.5, 80.0), (4.0, 99.0), (4.0, 99.0)]
+    assert pareto_front([p[0] for p in points], [p[1] for p in points]) == brute_force_front(points)
+    for combo in itertools.product([1.0, 2.0, 3.0], [90.0, 91.0, 92.0]):  # every small grid with repeats
+        pts = [combo, (2.0, 91.0), (1.0, 92.0), (3.0, 90.0)]
+        assert pareto_front([p[0] for p in pts], [p[1] for p in pts]) == brute_force_front(pts)
+
+
+def test_efficiency_columns_and_the_pareto_set_from_the_store(ingested):
+    store, rows = ingested
+    frame = collect_rows(connect(store), ["study"], with_extras=True)
+    assert len(frame) == N
+    for _, row in frame.iterrows():
+        seen = row["epochs"] * (50_000 // row["batch_size"]) * row["batch_size"]  # CIFAR's 50,000, full batches
+        assert row["j_per_image"] == pytest.approx(row["energy_consumed"] * 3.6e6 / seen)
+        assert row["energy_wh_per_epoch"] == pytest.approx(row["energy_consumed"] * 1000 / row["epochs"])
+        assert row["top1_per_kwh"] == pytest.approx(row["eval_top1"] / row["energy_consumed"])
+    for dataset, group in frame.groupby("dataset"):
+        expected = brute_force_front(list(zip(group["energy_consumed"], group["eval_top1"])))
+        assert list(group["pareto"]) == expected, dataset
+        assert 1 <= sum(expected) < len(group)  # a real subset
+
+
+def test_the_report_has_every_figure_and_renders_in_a_real_browser(ingested, tmp_path):
+    store, rows = ingested
+    result = run_cli(["eemlflow.report", "--experiment", "study", "--output", str(tmp_path / "out")], tracking_uri=store)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "out"
+    figures = {p.name for p in out.glob("*.png")}
+    assert figures == {f"{kind}_{d}.png" for kind in ("pareto", "energy_by_model") for d in ("cifar10", "cifar100")}
+    for name in figures:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(out / name) as image:
+            image.verify()
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page  # opens offline: nothing to fetch
+    assert page.count("data:image/png;base64,") == 4
+    frame = collect_rows(connect(store), ["study"], with_extras=True)
+    assert page.count("<tr class=front>") == int(frame["pareto"].sum())
+    assert "have no per-epoch history" in page  # ingested rows carry final figures only
+    assert f"We trained {N} models from scratch" in page and "not recorded (ingested from a CSV)" in page
+    total = sum(float(r["energy_consumed"]) for r in rows)
+    assert f"consumed {total:.4g} kWh" in page
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium here (`.ci/run` installs Debian's chromium)")
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,1600", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    with Image.open(shot) as image:
+        grey = image.convert("L")
+        dark = sum(grey.histogram()[:200])
+        assert image.size == (1200, 1600) and dark > 0.01 * 1200 * 1600  # text and figures, not a blank page
+        assert len(image.convert("RGB").getcolors(1 << 20) or []) > 50  # the figures' colours
