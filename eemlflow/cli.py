@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_UNLOGGED = 3  # trained, but the store missed records: they wait in a spool file for `eemlflow.runs replay`
@@ -13,3 +21,38 @@ def print_error(console: Console, error: object) -> int:
     """One line, no traceback, the exit code for bad input."""
     console.print(f"eemlflow: error: {error}", highlight=False, soft_wrap=True)
     return EXIT_USAGE
+
+
+VERBOSE_ENV = "EEMLFLOW_VERBOSE"  # set by a verbose command for the processes it starts (a sweep's cells)
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="also show MLflow's and CodeCarbon's INFO lines")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Warnings and errors on the console; MLflow's, alembic's and CodeCarbon's INFO lines only when verbose.
+
+    MLflow configures its own loggers from ``MLFLOW_LOGGING_LEVEL`` when it is imported, so the variable is set
+    here, before the heavy imports, and the processes this one starts inherit it.
+    """
+    verbose = verbose or os.environ.get(VERBOSE_ENV) == "1"
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO" if verbose else "WARNING"
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("codecarbon").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+@contextmanager
+def progress_bar(console: Console, what: str) -> Iterator[Callable[[int, Optional[int]], None]]:
+    """A transient progress line on a terminal for long store work: yields ``update(done, total or None)``."""
+    if not console.is_terminal:
+        yield lambda done, total=None: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(what, total=None)
+        yield lambda done, total=None: progress.update(task, completed=done, total=total)

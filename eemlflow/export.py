@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from eemlflow.cli import print_error
+from eemlflow.cli import add_verbose, configure_logging, print_error, progress_bar
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import J_PER_KWH
 from eemlflow.store.export import DEFAULT_OUTPUT, collect_rows, duplicate_cells, write_csv
@@ -47,19 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="append", default=None,
                    help="also export runs with this status (FAILED, KILLED, RUNNING); FINISHED is always included")
     p.add_argument("--with-extras", action="store_true",
-                   help="append CodeCarbon 3.3 extras, time-weighted powers, mode, device and status columns")
+                   help="append CodeCarbon 3.3 extras, time-weighted powers, hardware counters, mode, device, "
+                        "status and the efficiency columns (energy_wh_per_epoch, j_per_image, top1_per_kwh, pareto)")
+    add_verbose(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     console = Console(stderr=True)
     try:
         from eemlflow.store import connect
 
         client = connect(args.tracking_uri)
         statuses = ["FINISHED", *[s for arg in (args.status or []) for s in arg.split(",") if s]]
-        frame = collect_rows(client, args.experiment, dict.fromkeys(s.upper() for s in statuses), args.with_extras)
+        with progress_bar(console, "reading runs") as update:
+            frame = collect_rows(client, args.experiment, dict.fromkeys(s.upper() for s in statuses), args.with_extras,
+                                 progress=update)
         write_csv(frame, args.output)
     except EemlflowError as e:
         return print_error(console, e)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
-from eemlflow.cli import print_error
+from eemlflow.cli import add_verbose, configure_logging, print_error, progress_bar
 from eemlflow.errors import EemlflowError
 from eemlflow.store.ingest import ingest, read_csv
 
@@ -23,11 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the CSV file")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     p.add_argument("--experiment", help="put every row in this experiment instead of the row's experiment_name")
+    add_verbose(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     console = Console(stderr=True)
     try:
         parsed = read_csv(args.path)
@@ -35,7 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         client = connect(args.tracking_uri)
         start = time.perf_counter()
-        added, skipped = ingest(client, parsed, args.experiment)
+        with progress_bar(console, "ingesting rows") as update:
+            added, skipped = ingest(client, parsed, args.experiment, progress=update)
         seconds = time.perf_counter() - start
     except EemlflowError as e:
         return print_error(console, e)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from eemlflow.cli import print_error
+from eemlflow.cli import print_error, configure_logging
 from eemlflow.errors import EemlflowError
 
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
     console = Console(stderr=True)
     try:
         if args.command == "stale":

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import signal
 import sys
 from typing import Optional, Sequence
 
 from rich.console import Console
 
-from eemlflow.cli import EXIT_BUDGET, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, print_error
+from eemlflow.cli import (EXIT_BUDGET, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, add_verbose, configure_logging,
+                          print_error)
 from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
 from eemlflow.errors import EemlflowError
 from eemlflow.progress import RichReporter, format_energy
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--experiment", default="eemlflow", help="experiment name when run without `mlflow run`")
     parser.add_argument("--no-system-metrics", action="store_true", help="do not log MLflow's system metrics")
+    add_verbose(parser)
     return parser
 
 
@@ -42,8 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # A launcher without job control (nohup, a batch script's `&`) starts us with SIGINT ignored: take it back,
     # so that Ctrl-C and the sweep's stop end the run KILLED with its energy instead of being lost.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    configure_logging(args.verbose)
     console = Console(stderr=True)
     raw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     try:

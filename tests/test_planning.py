@@ -65,6 +65,7 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
     budget = per_epoch[0] + 0.5 * sum(per_epoch[1:]) / (EPOCHS - 1)  # one and a half epochs' worth
     stopped = run_cli(["eemlflow.train", *tiny, "--energy-budget-kwh", repr(budget)], tracking_uri=store)
     assert stopped.returncode == 4 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert " INFO " not in stopped.stderr and "offline tracker init" not in stopped.stderr  # only with --verbose
     [line] = [l for l in stopped.stderr.splitlines() if l.startswith("eemlflow: stopped by the energy budget")]
     run_id = line.split("(run ")[1].split()[0]
     assert any(f"after {n} of {EPOCHS} epochs" in line for n in range(1, EPOCHS)), line

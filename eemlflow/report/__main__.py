@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from eemlflow.cli import print_error
+from eemlflow.cli import add_verbose, configure_logging, print_error, progress_bar
 from eemlflow.errors import EemlflowError
 
 DEFAULT_OUTPUT = "report"
@@ -23,26 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", action="append", help="experiment name (repeatable); default: all")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"folder for report.html and the figures (default {DEFAULT_OUTPUT}/)")
     p.add_argument("--title", default=None, help="the page's title (default: names the experiments)")
-    p.add_argument("--verbose", action="store_true", help="show MLflow's and CodeCarbon's INFO lines")
+    add_verbose(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     console = Console(stderr=True)
     try:
         from eemlflow.report import write_report
         from eemlflow.store import connect
 
         client = connect(args.tracking_uri)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                      transient=True) as progress:
-            task = progress.add_task("reading runs", total=None)
+        with progress_bar(console, "reading runs") as update:
             experiments = [e for e in args.experiment or [] if e.strip()] or None  # `mlflow run -e report` passes ''
-            path = write_report(client, args.output, experiments, title=args.title,
-                                progress=lambda n: progress.update(task, description=f"reading runs: {n} so far"))
+            path = write_report(client, args.output, experiments, title=args.title, progress=update)
     except EemlflowError as e:
         return print_error(console, e)
     except OSError as e:

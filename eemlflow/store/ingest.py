@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from mlflow.entities import Metric, Param, RunStatus
 
@@ -100,8 +100,11 @@ def _kind(col: schema.Column) -> str:
     return "an integer" if col.dtype is int else "a number"
 
 
-def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] = None) -> tuple[int, int]:
-    """Create one FINISHED run per row not already ingested; returns (added, skipped)."""
+def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] = None,
+           progress: Optional[Callable[[int, int], None]] = None) -> tuple[int, int]:
+    """Create one FINISHED run per row not already ingested; returns (added, skipped).
+
+    ``progress(done, total)`` is told after each row, for a display on large files."""
     by_experiment: dict[str, list[dict]] = {}
     for row in parsed.rows:
         name = experiment or row.get("experiment_name") or DEFAULT_CODECARBON_EXPERIMENT
@@ -114,10 +117,12 @@ def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] =
         for row in rows:
             if row["run_id"] in present:
                 skipped += 1
-                continue
-            _create_run(client, experiment_id, row)
-            present.add(row["run_id"])
-            added += 1
+            else:
+                _create_run(client, experiment_id, row)
+                present.add(row["run_id"])
+                added += 1
+            if progress:
+                progress(added + skipped, len(parsed.rows))
     return added, skipped
 
 

@@ -9,7 +9,6 @@ experiment is skipped, so the same command after an interruption carries on wher
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import tempfile
@@ -25,7 +24,7 @@ if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
-from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, print_error
+from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, add_verbose, configure_logging, print_error
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import WH_PER_KWH
 from eemlflow.store.schema import PARENT_RUN_TAG
@@ -70,13 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not end with the report (report.html and figures on the parent run, under report/)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the grid's `experiment`)")
     p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    add_verbose(p)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when launched with SIGINT ignored (nohup, &)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     console = Console(stderr=True)
     try:
         from eemlflow.store import connect
