@@ -8,10 +8,7 @@ Ctrl-C or SIGTERM stops the running cells (they end KILLED with their energy) an
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from collections import Counter, deque
@@ -35,20 +32,22 @@ from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENER
                                    PARENT_RUN_TAG, STATUS_TAG, STOPPED_TAG)
 from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
+from eemlflow.sweep.launch import Handle, Launcher, LocalLauncher
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 2.0  # how often a run trained by another live process is looked at
+CLOSE_WAIT_S = 30.0  # how long a stopped cell's process may take to close its run before the sweep does
 
 
 @dataclass
 class Slot:
-    """A place to run one cell at a time: one GPU (``CUDA_VISIBLE_DEVICES``), or the machine."""
+    """A place to run one cell at a time: one GPU (``CUDA_VISIBLE_DEVICES``), the machine, or a Ray task."""
 
     gpu: Optional[str]
     cell: Optional[Cell] = None
     run_id: str = ""
-    process: Optional[subprocess.Popen] = None
+    process: Optional[Handle] = None
     started: float = 0.0
     log_path: str = ""
     resumed: bool = False
@@ -85,7 +84,7 @@ class Sweep:
     def __init__(self, client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, tracking_uri: str,
                  retries: int = 1, gpus: Sequence[str] = (), console: Optional[Console] = None,
                  skip_running: bool = False, forecasts: Optional[dict[str, CellForecast]] = None,
-                 budget_kwh: Optional[float] = None) -> None:
+                 budget_kwh: Optional[float] = None, launcher: Optional[Launcher] = None) -> None:
         """``forecasts``: cell id -> its forecast (logged on its run, scored when it finishes, refined as cells
         finish); ``budget_kwh``: the whole grid's energy, done cells included: no cell starts whose forecast
         would cross it."""
@@ -93,7 +92,9 @@ class Sweep:
         self.tracking_uri, self.retries, self.skip_running = tracking_uri, retries, skip_running
         self.forecasts, self.budget_kwh = forecasts or {}, budget_kwh
         self.spent_before_kwh = 0.0  # energy of the grid's cells finished by earlier invocations
-        self.slots = [Slot(g) for g in gpus] or [Slot(None)]
+        self.launcher = launcher or LocalLauncher(gpus)
+        self.slots = [Slot(g) for g in gpus] if isinstance(self.launcher, LocalLauncher) and gpus else [
+            Slot(None) for _ in range(self.launcher.capacity)]
         self.console = console or Console(stderr=True)
         self.logs = Path(tempfile.mkdtemp(prefix="eemlflow-sweep-"))
 
@@ -183,8 +184,7 @@ class Sweep:
 
     def _start(self, slot: Slot, cell: Cell, attempt: int, resume: Optional[str] = None) -> None:
         """A training process for ``cell``: in a new child run, or continuing run ``resume`` from its checkpoint."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN")}
-        env.update(MLFLOW_TRACKING_URI=self.tracking_uri, MLFLOW_EXPERIMENT_ID=self.experiment_id)
+        env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_EXPERIMENT_ID": self.experiment_id}
         command = cell.command()
         if resume:
             self.client.log_batch(resume, tags=[RunTag(ATTEMPT_TAG, str(attempt)), RunTag(PARENT_RUN_TAG, self.parent_id)])
@@ -202,12 +202,8 @@ class Sweep:
                 Metric(FORECAST.energy_kwh, forecast.energy_kwh, now, 0),
                 Metric(FORECAST.duration_s, forecast.duration_s, now, 0),
                 Metric(FORECAST.emissions_kg, forecast.emissions_kg, now, 0)])
-        if slot.gpu is not None:
-            env.update(CUDA_VISIBLE_DEVICES=slot.gpu, CUDA_DEVICE_ORDER="PCI_BUS_ID")
         slot.log_path = str(self.logs / f"{cell.config.run_name}-{cell.cell_id}-{attempt}.log")
-        with open(slot.log_path, "w") as out:
-            slot.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)  # Ctrl-C reaches it through us only
+        slot.process = self.launcher.start(command, env, slot.log_path, run_id, slot.gpu)
         slot.cell, slot.run_id, slot.started, slot.resumed = cell, run_id, time.time(), bool(resume)
         if resume:
             self.console.print(f"{cell.config.run_name}: resuming run {resume} from its checkpoint", highlight=False)
@@ -239,7 +235,8 @@ class Sweep:
         status = run.info.status
         if status == "RUNNING":
             status = "FAILED"
-            self._end(run_id, status, f"training process exited with code {slot.process.returncode}")
+            self._end(run_id, status, f"training process exited with code {slot.process.poll()}: "
+                                      f"{slot.process.tail()}")
         self._attach_log(slot)
         line = f"{cell.config.run_name}: {status}{' (resumed)' if slot.resumed else ''} in {time.time() - slot.started:.0f} s"
         if status == "FINISHED":
@@ -261,7 +258,7 @@ class Sweep:
             status = "STOPPED"
             line += f": stopped by its {run.data.tags[STOPPED_TAG]}"
         else:
-            line += f" ({_last_line(slot.log_path)}); its output: {Path(slot.log_path).name} in the run's artifacts"
+            line += f" ({slot.process.tail()}); its output: {Path(slot.log_path).name} in the run's artifacts"
         self.console.print(line, highlight=False, soft_wrap=True)
         slot.last_run_id = run_id
         slot.cell, slot.process, slot.run_id = None, None, ""
@@ -273,13 +270,13 @@ class Sweep:
         self.console.print("interrupted: stopping running cells (they end KILLED); rerun the command to resume")
         busy = [s for s in self.slots if s.process is not None]
         for slot in busy:
-            slot.process.send_signal(signal.SIGTERM)
+            slot.process.terminate()
         for slot in busy:
-            try:
-                slot.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
+            if not slot.process.wait(timeout=120):
                 slot.process.kill()
-                slot.process.wait()
+            deadline = time.time() + CLOSE_WAIT_S  # a remote task may report before its process closed the run
+            while self.client.get_run(slot.run_id).info.status == "RUNNING" and time.time() < deadline:
+                time.sleep(0.5)
             if self.client.get_run(slot.run_id).info.status == "RUNNING":
                 self._end(slot.run_id, "KILLED", "the sweep was stopped and the training process did not close its run")
             self._attach_log(slot)
@@ -291,6 +288,8 @@ class Sweep:
 
     def _attach_log(self, slot: Slot) -> None:
         """The child's output, as an artifact of its run (the sweep's temporary folder goes at the end)."""
+        if slot.process is not None and slot.process.attaches_log:
+            return  # a Ray task attached it from its node
         try:
             self.client.log_artifact(slot.run_id, slot.log_path)
         except Exception as e:  # an artifact store out of reach must not stop the sweep
@@ -319,6 +318,3 @@ class Sweep:
         return table
 
 
-def _last_line(path: str) -> str:
-    lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
-    return lines[-1][:300] if lines else "no output"
