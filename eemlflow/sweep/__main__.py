@@ -31,6 +31,7 @@ from eemlflow.store.schema import PARENT_RUN_TAG
 from eemlflow.sweep.bookkeeping import cell_states, close_parent, log_forecast, open_parent
 from eemlflow.sweep.forecast import CellForecast, forecast_cells, grid_total
 from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
+from eemlflow.sweep.launch import Launcher, LocalLauncher
 from eemlflow.sweep.scheduler import Sweep
 
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], dest="overrides", help="override a setting in every cell: key=value")
     p.add_argument("--retries", default="1", help="extra attempts for a failed cell (default 1)")
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one cell per GPU at a time")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: processes on this machine (default); ray: Ray tasks on a cluster")
+    p.add_argument("--ray-address", default="", help="with --executor ray: `auto` or HOST:PORT to join a running "
+                   "cluster; empty (default) starts a local Ray on this machine")
+    p.add_argument("--ray-cpus-per-cell", default="1", help="CPUs a cell asks Ray for (the only resource on a "
+                   "cluster without GPUs; default 1)")
     p.add_argument("--skip-running", action="store_true",
                    help="leave cells that a live process is training (default: wait for them and count their result)")
     p.add_argument("--forecast", nargs="?", const="only", default="", choices=["", "only", "run", "false"],
@@ -90,7 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             exp = client.get_experiment_by_name(args.experiment or grid.experiment)
             dry_run(client, grid, exp.experiment_id if exp else None, Console())
             return 0
-        check_data(grid)
+        if args.executor == "local":
+            check_data(grid)  # on a cluster the data lives on the nodes: each cell checks its own
         budget = _positive_float(args.budget_kwh, "--budget-kwh") if args.budget_kwh.strip() else None
         forecasts = None
         if args.forecast in ("only", "run") or budget is not None:
@@ -100,14 +108,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             forecasts = forecast(todo, console)
             if args.forecast == "only":
                 return 0
+        launcher = make_launcher(args, gpus, mlflow.get_tracking_uri())
+    except EemlflowError as e:
+        return print_error(console, e)
+    try:
         experiment_id, parent_id = open_parent(client, grid, args.experiment)
         if forecasts is not None:
             log_forecast(client, parent_id, forecasts)
-    except EemlflowError as e:
-        return print_error(console, e)
+    except BaseException:
+        launcher.close()
+        raise
     sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus, console,
                   skip_running=args.skip_running,
-                  forecasts={f.cell.cell_id: f for f in forecasts} if forecasts else None, budget_kwh=budget)
+                  forecasts={f.cell.cell_id: f for f in forecasts} if forecasts else None, budget_kwh=budget,
+                  launcher=launcher)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     status = "FAILED"
     try:
@@ -118,6 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
+        launcher.close()
         close_parent(client, grid, experiment_id, parent_id, status)
     if args.no_report.lower() not in ("true", "1", "yes"):
         log_report(client, grid, experiment_id, parent_id, console)
@@ -131,6 +146,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
                   f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time{extra}", highlight=False, soft_wrap=True)
     return EXIT_FAILED if tally.failed or tally.stopped or tally.over_budget else 0
+
+
+def make_launcher(args: argparse.Namespace, gpus: Sequence[str], tracking_uri: str) -> Launcher:
+    """The local processes, or Ray tasks on the cluster ``--ray-address`` names (a local Ray when empty)."""
+    if args.executor == "local":
+        return LocalLauncher(gpus)
+    if gpus:
+        raise EemlflowError("--gpus is for the local executor: on Ray, each cell asks Ray for one GPU")
+    from eemlflow.sweep.ray_executor import RayLauncher
+
+    cpus = _positive_float(args.ray_cpus_per_cell, "--ray-cpus-per-cell")
+    return RayLauncher(args.ray_address.strip() or None, tracking_uri, cpus)
 
 
 def log_report(client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, console: Console) -> None:

@@ -1,0 +1,128 @@
+"""The sweep on a real local Ray (2 CPUs, no GPU): the same grid, resume and MLflow layout as the local executor."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from eemlflow.sweep import CELL_TAG
+from conftest import cli_env, run_cli
+
+ray = pytest.importorskip("ray", reason="the Ray executor's tests need `pip install eemlflow[ray]`")
+
+GRID = """
+name: tiny
+experiment: tiny-ray
+settings: {dataset: digits, epochs: 1, img_size: 32, workers: 0}
+grid:
+  - {model: [test_resnet, test_efficientnet], batch_size: [32, 64]}
+"""
+
+
+@pytest.fixture
+def ray_env():
+    """Ray's session files in a short temporary folder of the test's own (its socket paths must stay short)."""
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    yield {"RAY_TMPDIR": folder, "RAY_USAGE_STATS_ENABLED": "0"}
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def runs(store: str, experiment: str):
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_a_grid_runs_as_ray_tasks_two_at_once_and_a_rerun_trains_nothing(store, tmp_path, ray_env):
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID)
+    first = run_cli(["eemlflow.sweep", str(grid), "--executor", "ray", "--no-report"], tracking_uri=store,
+                    env=ray_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "4 trained, 0 already done" in first.stderr
+    all_runs = runs(store, "tiny-ray")
+    [parent] = [r for r in all_runs if CELL_TAG not in r.data.tags]
+    children = [r for r in all_runs if CELL_TAG in r.data.tags]
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    spans = sorted((r.info.start_time, r.info.end_time) for r in children)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two cells ran at once
+    assert parent.data.metrics["sweep_energy_kwh"] == pytest.approx(
+        sum(r.data.metrics["energy_consumed"] for r in children), rel=1e-9)
+    client = MlflowClient(store)
+    for child in children:  # each task attached its cell's output from the node, saying which node
+        [log] = [a.path for a in client.list_artifacts(child.info.run_id) if a.path.endswith(".log")]
+        text = Path(client.download_artifacts(child.info.run_id, log, str(tmp_path))).read_text()
+        assert text.startswith("[eemlflow] cell on Ray node ") and "done: run " in text
+    again = run_cli(["eemlflow.sweep", str(grid), "--executor", "ray", "--no-report"], tracking_uri=store,
+                    env=ray_env)
+    assert again.returncode == 0 and "0 trained, 4 already done" in again.stderr, again.stderr[-2000:]
+    assert len(runs(store, "tiny-ray")) == 5
+
+
+def test_on_ray_a_failing_cell_is_retried_then_reported_and_ctrl_c_kills_the_rest(store, tmp_path, ray_env):
+    grid = tmp_path / "mixed.yaml"
+    grid.write_text(f"""
+name: mixed
+settings: {{img_size: 32, workers: 0, model: test_resnet}}
+grid:
+  - {{dataset: cifar10, epochs: 1, data_dir: "{tmp_path / 'not-on-this-node'}"}}
+  - {{dataset: digits, epochs: 40, batch_size: 64}}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid), "--executor", "ray", "--no-report"],
+                            cwd=tmp_path, env={**cli_env(store), **ray_env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(store)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # the missing-data cell failed twice and the long cell is training
+        children = [r for r in runs(store, "mixed") if CELL_TAG in r.data.tags]
+        failed = [r for r in children if r.data.params.get("dataset") != "digits" and r.info.status == "FAILED"]
+        long = [r for r in children if r.info.run_name.startswith("test_resnet-digits")]
+        if len(failed) == 2 and long and client.get_metric_history(long[0].info.run_id, "train_loss"):
+            break
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail(f"the sweep did not get there: {proc.communicate()[1][-2000:]}")
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    children = [r for r in runs(store, "mixed") if CELL_TAG in r.data.tags]
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert len(failed) == 2  # the first attempt and its retry
+    for run in failed:  # the node's own one-line error, not a traceback
+        error = run.data.tags["eemlflow.error"]
+        assert error.startswith("training process exited with code 2: eemlflow: error: ") and "not-on-this-node" in error
+    [long] = [r for r in children if r.info.run_name.startswith("test_resnet-digits")]
+    assert long.info.status == "KILLED" and long.data.tags["eemlflow.status"] == "KILLED"
+    assert long.data.metrics["energy_consumed"] > 0
+    [parent] = [r for r in runs(store, "mixed") if CELL_TAG not in r.data.tags]
+    assert parent.info.status == "KILLED"
+
+
+def test_a_sqlite_store_with_a_multi_node_cluster_is_refused_in_one_line(store, tmp_path, ray_env, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", ray_env["RAY_TMPDIR"])
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        grid = tmp_path / "tiny.yaml"
+        grid.write_text(GRID)
+        result = run_cli(["eemlflow.sweep", str(grid), "--executor", "ray", "--ray-address", cluster.address],
+                         tracking_uri=store, env=ray_env)
+    finally:
+        cluster.shutdown()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("eemlflow: error:")]
+    assert "is a file on this machine, but the Ray cluster has 2 nodes" in line and "--tracking-uri http://" in line
+    assert runs(store, "tiny-ray") == []  # nothing was opened
