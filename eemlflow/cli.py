@@ -56,3 +56,11 @@ def progress_bar(console: Console, what: str) -> Iterator[Callable[[int, Optiona
                   TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True) as progress:
         task = progress.add_task(what, total=None)
         yield lambda done, total=None: progress.update(task, completed=done, total=total)
+
+
+def begin(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, Console]:
+    """What every command does first: its arguments, quiet logging (``--verbose`` where it has one), a console
+    on stderr for messages."""
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
+    return args, Console(stderr=True)

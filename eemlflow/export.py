@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from eemlflow.cli import add_verbose, configure_logging, print_error, progress_bar
+from eemlflow.cli import add_verbose, begin, print_error, progress_bar
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import J_PER_KWH
 from eemlflow.store.export import DEFAULT_OUTPUT, collect_rows, duplicate_cells, write_csv
@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    console = Console(stderr=True)
+    args, console = begin(build_parser(), argv)
     try:
         from eemlflow.store import connect
 

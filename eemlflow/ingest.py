@@ -10,9 +10,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from rich.console import Console
 
-from eemlflow.cli import add_verbose, configure_logging, print_error, progress_bar
+from eemlflow.cli import add_verbose, begin, print_error, progress_bar
 from eemlflow.errors import EemlflowError
 from eemlflow.store.ingest import ingest, read_csv
 
@@ -28,9 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    console = Console(stderr=True)
+    args, console = begin(build_parser(), argv)
     try:
         parsed = read_csv(args.path)
         from eemlflow.store import connect

@@ -215,7 +215,8 @@ def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutco
             outcome.energy = monitor.stop(earlier_segments)
             run.log_energy(outcome.energy)
             if outcome.status == "FINISHED" and outcome.energy.reading is not None:
-                run.log_projection_errors(outcome.energy.reading.energy_kwh, outcome.projections)
+                run.log_projection_errors(outcome.energy.reading.energy_kwh, outcome.projections,
+                                          resumed=bool(earlier_segments))
         run.finish(outcome.status, outcome.error, outcome.stopped)
         outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)
 

@@ -7,8 +7,6 @@ import math
 import subprocess
 import sys
 
-import pytest
-
 from conftest import REPO, cli_env
 
 
@@ -51,15 +49,3 @@ def test_store_benchmark_smoke_run_on_sqlite(tmp_path):
     assert (kept, writers, errors) == ("3", "3", "0"), result.stdout
     assert "p95 epoch log" in result.stdout
 
-
-def test_forecast_check_smoke_run_on_one_cell(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "forecast_check.py"), "--only", "model=test_resnet,batch_size=64"],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    [row] = [l for l in result.stdout.splitlines() if l.startswith("test_resnet-digits-e2-b64")]
-    forecast_s, measured_s, _, forecast_wh, measured_wh, error = (float(v) for v in row.split()[1:])
-    assert forecast_s > 0 and measured_s > 0 and forecast_wh > 0 and measured_wh > 0
-    assert error == pytest.approx((forecast_wh / measured_wh - 1) * 100, abs=1.0)  # figures printed rounded
-    assert "worst cell energy error" in result.stdout

@@ -83,12 +83,14 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
 def test_a_forecast_trains_nothing_and_a_grid_budget_starts_no_cell_that_would_cross_it(store, tmp_path):
     grid = tmp_path / "two.yaml"
     grid.write_text("name: two\nexperiment: two\nsettings: {dataset: digits, epochs: 1, img_size: 32, workers: 0}\n"
-                    "grid:\n  - {model: test_resnet, batch_size: [32, 64]}\n")
+                    "grid:\n  - {model: test_resnet, batch_size: 64, epochs: [1, 2]}\n")  # one shape, one calibration
     only = run_cli(["eemlflow.sweep", str(grid), "--forecast"], tracking_uri=store)
     assert only.returncode == 0, only.stderr[-2000:]
-    assert "forecast: 2 cells to train, 2 calibrations" in only.stdout
-    rows = {line.split("│")[2].strip(): line for line in only.stdout.splitlines() if "test_resnet-digits-e1" in line}
-    assert sorted(rows) == ["test_resnet-digits-e1-b32", "test_resnet-digits-e1-b64"]
+    assert "forecast: 2 cells to train, 1 calibration in" in only.stdout
+    rows = {line.split("│")[2].strip(): line for line in only.stdout.splitlines() if "test_resnet-digits-e" in line}
+    assert sorted(rows) == ["test_resnet-digits-e1-b64", "test_resnet-digits-e2-b64"]
+    one, two = (float(rows[f"test_resnet-digits-e{n}-b64"].split("│")[4]) for n in (1, 2))  # kWh
+    assert one < two < 2.2 * one  # a second epoch costs about as much again (the first carries the start-up)
     assert MlflowClient(store).get_experiment_by_name("two") is None  # nothing trained, no parent opened
 
     over = run_cli(["eemlflow.sweep", str(grid), "--budget-kwh", "1e-9"], tracking_uri=store)

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from eemlflow.sweep import CELL_TAG
 from conftest import cli_env, run_cli
+from test_sweep import runs
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need `pip install eemlflow[ray]`")
 
@@ -33,12 +34,6 @@ def ray_env():
     folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     yield {"RAY_TMPDIR": folder, "RAY_USAGE_STATS_ENABLED": "0"}
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def runs(store: str, experiment: str):
-    client = MlflowClient(store)
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id]) if exp else []
 
 
 def test_a_grid_runs_as_ray_tasks_two_at_once_and_a_rerun_trains_nothing(store, tmp_path, ray_env):

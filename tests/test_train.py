@@ -289,7 +289,7 @@ def test_cifar10_files_train_through_the_cli(store, tmp_path):
     assert run.data.params["dataset"] == "cifar10" and run.data.params["num_classes"] == "10"
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"cifar10-training", "cifar10-eval"}
     assert "(100 train / 30 eval images" in run.data.tags["mlflow.note.content"]  # the files written above
-    assert [m.value for m in MlflowClient(store).get_metric_history(run.info.run_id, "images_per_s")][0] > 0
+    assert [m.value for m in MlflowClient(store).get_metric_history(run.info.run_id, "epoch/images_per_s")][0] > 0
 
 
 def test_a_launcher_run_missing_from_the_store_is_explained(store, tmp_path):

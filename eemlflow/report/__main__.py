@@ -6,9 +6,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from rich.console import Console
 
-from eemlflow.cli import add_verbose, configure_logging, print_error, progress_bar
+from eemlflow.cli import add_verbose, begin, print_error, progress_bar
 from eemlflow.errors import EemlflowError
 
 DEFAULT_OUTPUT = "report"
@@ -26,9 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    console = Console(stderr=True)
+    args, console = begin(build_parser(), argv)
     try:
         from eemlflow.report import write_report
         from eemlflow.store import connect

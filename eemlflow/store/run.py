@@ -180,17 +180,19 @@ class TrainingRun:
         values.update({column: values[key] for key, column in schema.EPOCH.study_figures.items()})
         self._log(metrics=values, step=result.epoch + 1)
 
-    def log_projection_errors(self, final_kwh: float, projected: dict[int, float]) -> None:
+    def log_projection_errors(self, final_kwh: float, projected: dict[int, float], resumed: bool) -> None:
         """How far each epoch's projection of the run's energy was from the final figure, in % (step = epoch).
 
-        ``projected`` holds this process's projections by step; a resumed run's earlier ones are read back from
-        the store (where it cannot be read, only this process's are scored).
+        ``projected`` holds this process's projections by step; a ``resumed`` run's earlier ones are read back
+        from the store, unless it is out of reach (records spooled): then only this process's are scored.
         """
-        try:
-            history = self.client.get_metric_history(self.run_id, schema.EPOCH.projected_energy_kwh)
-            projected = {**{m.step: m.value for m in history}, **projected}
-        except Exception as e:  # scoring is a report: a store hiccup must not fail a finished run
-            log.warning("earlier projections not read back (%s): scoring this process's only", e)
+        if resumed and not self.writer.spooled:
+            try:
+                with no_http_retries(10):
+                    history = self.client.get_metric_history(self.run_id, schema.EPOCH.projected_energy_kwh)
+                projected = {**{m.step: m.value for m in history}, **projected}
+            except Exception as e:  # scoring is a report: a store hiccup must not fail a finished run
+                log.warning("earlier projections not read back (%s): scoring this process's only", e)
         now = int(time.time() * 1000)
         metrics = [Metric(schema.EPOCH.projection_error_pct, error, now, step) for step, value in sorted(projected.items())
                    if (error := projection_error_pct(value, final_kwh)) is not None]

@@ -188,8 +188,8 @@ def forecast(cells: Sequence[Cell], console: Console) -> list[CellForecast]:
             progress.update(task, total=n, completed=i - 1,
                             description=f"calibrating {cfg.model} at batch {cfg.batch_size} ({cfg.resolved_data_path} data path)")
         forecasts, calibrations = forecast_cells(cells, shown)
-    table = Table(title=f"forecast: {len(forecasts)} cells to train, {len(calibrations)} calibrations in "
-                        f"{time.perf_counter() - started:.0f} s")
+    table = Table(title=f"forecast: {len(forecasts)} cells to train, {len(calibrations)} calibration"
+                        f"{'' if len(calibrations) == 1 else 's'} in {time.perf_counter() - started:.0f} s")
     for name in ("#", "cell", "hours", "kWh", "Wh", "kg CO2-eq"):
         table.add_column(name, justify="left" if name == "cell" else "right")
     for i, f in enumerate([*forecasts, grid_total(forecasts)], start=1):
@@ -201,20 +201,21 @@ def forecast(cells: Sequence[Cell], console: Console) -> list[CellForecast]:
 
 
 def _positive_float(raw: str, what: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise EemlflowError(f"{what} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise EemlflowError(f"{what} must be positive, got {value:g}")
-    return value
+    return _parsed(raw, what, float, minimum_excluded=0.0)
 
 
 def _nonnegative_int(raw: str, what: str) -> int:
+    return _parsed(raw, what, int)
+
+
+def _parsed(raw: str, what: str, kind: type, minimum_excluded: Optional[float] = None):
+    """``raw`` as ``kind``: above ``minimum_excluded`` when given, else 0 or more; one clear error otherwise."""
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise EemlflowError(f"{what} must be an integer, got {raw!r}") from None
+        raise EemlflowError(f"{what} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    if minimum_excluded is not None and not value > minimum_excluded:
+        raise EemlflowError(f"{what} must be positive, got {value:g}")
     if value < 0:
         raise EemlflowError(f"{what} must be 0 or more, got {value}")
     return value
