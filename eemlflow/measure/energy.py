@@ -310,10 +310,11 @@ class EnergyMonitor:
         data = self._capture.live
         return None if data is None or self.failure else EnergyReading.from_emissions(data)
 
-    def stop(self, earlier_segments: Sequence[dict] = ()) -> EnergyResult:
+    def stop(self, earlier_segments: Sequence[dict] = (), warn: bool = True) -> EnergyResult:
         """Stop the tracker: the run's energy, its provenance and suspicions (no record if the tracker failed).
 
         ``earlier_segments``: CodeCarbon's records of the run's earlier processes (a resumed run), added in.
+        ``warn``: log each suspicion as a warning (a training does; a forecast's calibration keeps quiet).
         """
         if self._synchronize is not None:
             self._synchronize()
@@ -332,7 +333,7 @@ class EnergyMonitor:
         provenance = self.provenance()
         result = EnergyResult(record, provenance, (), self.failure, **counters)
         suspect = tuple(suspicions(result, self._used_gpu)) if record is not None else ()
-        for reason in suspect:
+        for reason in suspect if warn else ():
             log.warning("suspect energy figures: %s", reason)
         return dataclasses.replace(result, suspicions=suspect)
 

@@ -92,7 +92,7 @@ def forecast_cells(cells: Sequence[Cell], on_calibration: Optional[Callable[[int
             calibrations[key] = calibrate(cfg, data_for(cfg), monitors[monitor_key])
     finally:
         for monitor in monitors.values():
-            monitor.stop()
+            monitor.stop(warn=False)  # the trainings themselves flag suspect figures
     return [forecast_cell(cell, calibrations[shape_key(cell.config)], data_for(cell.config)) for cell in cells], calibrations
 
 
