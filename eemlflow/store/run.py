@@ -171,8 +171,9 @@ class TrainingRun:
             })
             values.update({k: v for k, v in ((key.nvml_gpu_energy_kwh, energy.nvml_gpu_energy_kwh),
                                              (key.rapl_cpu_energy_kwh, energy.rapl_cpu_energy_kwh)) if v is not None})
-        if total is not None:
-            values[key.energy_so_far_kwh] = total.energy_kwh
+        if total is not None:  # the whole run's so far (every segment): what its budgets are checked against
+            values.update({key.energy_so_far_kwh: total.energy_kwh, key.emissions_so_far_kg: total.emissions_kg,
+                           key.duration_so_far_s: total.duration_s})
         if projection is not None:
             values.update({key.projected_energy_kwh: projection.energy_kwh,
                            key.projected_duration_s: projection.duration_s,

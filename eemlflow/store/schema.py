@@ -186,6 +186,8 @@ class _EpochKeys:
     duration_s: str = "epoch_energy/duration_s"
     j_per_image: str = "epoch_energy/j_per_image"
     energy_so_far_kwh: str = "epoch_energy/energy_so_far_kwh"
+    emissions_so_far_kg: str = "epoch_energy/emissions_so_far_kg"
+    duration_so_far_s: str = "epoch_energy/duration_so_far_s"
     nvml_gpu_energy_kwh: str = "epoch_energy/nvml_gpu_energy_kwh"
     rapl_cpu_energy_kwh: str = "epoch_energy/rapl_cpu_energy_kwh"
     # The whole run's totals as projected after this epoch, and (logged at the end) how far that was off.
