@@ -41,10 +41,7 @@ def model_family(model: Optional[str]) -> str:
 def load(client: MlflowClient, experiments: Optional[Sequence[str]] = None, where: str = "",
          progress: Optional[Callable[[int], None]] = None) -> ReportData:
     """FINISHED rows of ``experiments`` (all when None) matching ``where``, with the Pareto runs' histories."""
-    from eemlflow.store.export import experiment_names
-
-    names = list(experiment_names(client, experiments).values())
-    runs = collect_rows(client, names, with_extras=True, tags=PROVENANCE_TAGS, where=where, progress=progress)
+    runs = collect_rows(client, experiments, with_extras=True, tags=PROVENANCE_TAGS, where=where, progress=progress)
     runs["family"] = [model_family(m) for m in runs["model"]]
     data = ReportData(runs, list(experiments) if experiments else sorted(set(runs["experiment_name"].dropna())))
     for _, group in runs[runs["pareto"] == True].groupby("dataset", dropna=False):  # noqa: E712 (object column)

@@ -42,9 +42,6 @@ class Calibration:
     eval_batch: EnergyReading
     checkpoint_write: EnergyReading
     first_epoch_extra: EnergyReading
-    steps_measured: int
-    eval_batches_measured: int
-    seconds: float  # how long the calibration itself took
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,6 @@ def forecast_cells(cells: Sequence[Cell], on_calibration: Optional[Callable[[int
 
 def calibrate(cfg: TrainConfig, data: ImageData, monitor: EnergyMonitor) -> Calibration:
     """Build ``cfg``'s recipe and measure its steps, an eval slice and a checkpoint write with ``monitor``."""
-    started = time.perf_counter()
     device = resolve_device(cfg.device)
     recipe = build_recipe(cfg, data, device)
     loss_fn = train_loss_fn().to(device)
@@ -131,7 +127,7 @@ def calibrate(cfg: TrainConfig, data: ImageData, monitor: EnergyMonitor) -> Cali
         checkpoint = monitor.end_window("checkpoint")
     extra = warm - train.scaled(warm_steps)
     extra = extra if extra.energy_kwh > 0 and extra.duration_s > 0 else extra.scaled(0.0)
-    return Calibration(train, evaluation, checkpoint, extra, steps, n_eval, time.perf_counter() - started)
+    return Calibration(train, evaluation, checkpoint, extra)
 
 
 def forecast_cell(cell: Cell, calibration: Calibration, data: ImageData) -> CellForecast:

@@ -155,7 +155,6 @@ class RayLauncher:
         else:  # a CPU-only cluster: one cell per ``cpus_per_cell`` CPUs
             self.options = {"num_cpus": cpus_per_cell}
             self.capacity = max(int(resources.get("CPU", 1) // cpus_per_cell), 1)
-        self.nodes = nodes
         self._remote = ray.remote(max_retries=0)(_train_cell)
 
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
