@@ -30,7 +30,7 @@ def writer(uri: str, epochs: int, barrier: "mp.Barrier", results: "mp.Queue") ->
     latencies: list[float] = []
     try:
         from eemlflow.training.config import TrainConfig
-        from eemlflow.measure.energy import EnergyReading
+        from eemlflow.measure.readings import EnergyReading
         from eemlflow.training.recipe import EpochResult
         from eemlflow.store import connect
         from eemlflow.store.run import TrainingRun

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from eemlflow.cli import add_verbose, begin, print_error, progress_bar
 from eemlflow.errors import EemlflowError
-from eemlflow.measure.energy import J_PER_KWH
+from eemlflow.measure.units import J_PER_KWH
 from eemlflow.store.export import DEFAULT_OUTPUT, collect_rows, duplicate_cells, write_csv
 
 

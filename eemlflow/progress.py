@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from eemlflow.training.config import TrainConfig
-from eemlflow.measure.energy import EnergyReading
+from eemlflow.measure.readings import EnergyReading
 from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.measure.projection import Projection
 from eemlflow.training.recipe import EpochResult

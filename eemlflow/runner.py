@@ -23,9 +23,11 @@ from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.gpu_ids import measured_gpu_ids
-from eemlflow.measure.energy import EnergyMonitor, EnergyReading, EnergyResult
+from eemlflow.measure.energy import EnergyMonitor
+from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.measure.projection import Budgets, Projection, Projector
-from eemlflow.training.recipe import EpochResult, build_recipe, resolve_device, run_epochs, synchronizer
+from eemlflow.training.recipe import (EpochResult, build_recipe, device_identity, resolve_device, run_epochs,
+                                      synchronizer)
 from eemlflow.training.models import check_model_name
 from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.store import connect
@@ -87,7 +89,7 @@ def train_run(
     """
     check_model_name(cfg.model)
     device = resolve_device(cfg.device)
-    gpu_ids = measured_gpu_ids(device)
+    gpu_ids = measured_gpu_ids(*device_identity(device))
     data = load_data(cfg.dataset, cfg.data_dir, cfg.download)
     if cfg.batch_size > len(data.train):
         raise EemlflowError(
@@ -97,7 +99,7 @@ def train_run(
     client = connect(tracking_uri)
     point = prepare_resume(client, cfg) if cfg.resume else None
 
-    run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics)
+    run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics, gpu_ids=gpu_ids)
     outcome = RunOutcome(run.run_id, "RUNNING")
     progress = _Progress(point)
     ckpt = checkpoint_path(cfg.checkpoint_dir, run.run_id)

@@ -47,6 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console = Console(stderr=True)
     raw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     try:
+        from eemlflow.measure.gpu_ids import default_device_order
+
+        default_device_order()  # before torch sees a GPU: number them as NVML and nvidia-smi do
         from eemlflow.runner import train_run  # heavy imports (torch, timm, mlflow) after argument parsing
 
         cfg = TrainConfig.from_strings(raw)

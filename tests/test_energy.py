@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from eemlflow.measure.energy import EnergyMonitor, suspicions
+from eemlflow.measure.energy import EnergyMonitor
+from eemlflow.measure.suspicion import suspicions
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.gpu_ids import nvml_indices
 from eemlflow.measure.counters import NvmlEnergyCounter

@@ -1,14 +1,19 @@
 """Measurement: what a training costs, in energy and carbon, and how each figure was obtained.
 
-Owns CodeCarbon's tracker behind Zeus-style begin/end windows (``energy``: ``EnergyMonitor``, ``EnergyReading``,
-``EnergyResult``, provenance and suspicions), the hardware counters it is checked against (``counters``: NVML,
-RAPL), unit factors (``units``), a run's projected totals and its budgets (``projection``) and the choice of the
-GPU to measure (``gpu_ids``). May import ``eemlflow.errors``, CodeCarbon and NVML; nothing of training, MLflow or
-the CLIs.
+Owns CodeCarbon's tracker behind Zeus-style begin/end windows (``energy``: ``EnergyMonitor``), the values the
+windows return (``readings``: ``EnergyReading``, ``EnergyResult``, ``Provenance``, resumed segments), the rules
+that make figures suspect (``suspicion``), the hardware counters CodeCarbon is checked against (``counters``:
+NVML, RAPL), NVIDIA's library opened in one place (``nvml``), the share of a host's CPU and RAM charged to each of
+its concurrent trainings (``host_share``), unit factors (``units``), a run's projected totals and its budgets
+(``projection``) and the choice of the GPU to measure (``gpu_ids``). May import ``eemlflow.errors``,
+``eemlflow.atomic``, CodeCarbon and NVML; nothing of training, MLflow or the CLIs.
 """
 
-from eemlflow.measure.energy import (J_PER_KWH, EnergyMonitor, EnergyReading, Provenance, suspicions)
-from eemlflow.measure.gpu_ids import nvml_indices, nvml_uuid_table
+from eemlflow.measure.energy import EnergyMonitor
+from eemlflow.measure.gpu_ids import measured_gpu_ids, nvml_indices
+from eemlflow.measure.readings import EnergyReading, EnergyResult, Provenance
+from eemlflow.measure.suspicion import suspicions
+from eemlflow.measure.units import J_PER_KWH
 
-__all__ = ["EnergyMonitor", "EnergyReading", "J_PER_KWH", "Provenance", "nvml_indices", "nvml_uuid_table",
-           "suspicions"]
+__all__ = ["EnergyMonitor", "EnergyReading", "EnergyResult", "J_PER_KWH", "Provenance", "measured_gpu_ids",
+           "nvml_indices", "suspicions"]

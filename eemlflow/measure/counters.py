@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
+from eemlflow.measure.nvml import NvmlUnavailable, nvml_reason, open_nvml
 from eemlflow.measure.units import MJ_PER_KWH, UJ_PER_KWH
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ RAPL_POLL_S = 5.0  # a package counter wraps after ~262 kJ (~20 min at 200 W): r
 class NvmlEnergyCounter:
     """``nvmlDeviceGetTotalEnergyConsumption`` summed over the given NVML device indices (Volta and newer).
 
-    ``read_kwh()`` is the energy since the counter object was made, or None when unavailable.
+    ``read_kwh()`` is the energy since the counter object was made, or None when unavailable: make it when the
+    window it must match opens (``EnergyMonitor`` makes it right after CodeCarbon's own start).
     """
 
     def __init__(self, indices: Sequence[int]) -> None:
@@ -33,14 +35,14 @@ class NvmlEnergyCounter:
         self._start_mj = 0
         self._nvml = None
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+            self._nvml = open_nvml()
+            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
             self._start_mj = self._total_mj()
-        except Exception as e:  # no driver, no library, a pre-Volta GPU: say which, train on
-            self.description = f"unavailable: {_nvml_reason(e)}"
+        except NvmlUnavailable as e:  # no driver, no library: say which, train on
+            self.description = f"unavailable: {e}"
+            return
+        except Exception as e:  # a pre-Volta GPU, a device gone
+            self.description = f"unavailable: {nvml_reason(e)}"
             return
         if not self._handles:
             self.description = "unavailable: no GPU given to read"
@@ -57,25 +59,10 @@ class NvmlEnergyCounter:
         try:
             return (self._total_mj() - self._start_mj) / MJ_PER_KWH
         except Exception as e:
-            self.available, self.description = False, f"unavailable: stopped answering ({_nvml_reason(e)})"
+            self.available, self.description = False, f"unavailable: stopped answering ({nvml_reason(e)})"
             log.warning("NVML energy counter: %s", self.description)
             return None
 
-    def close(self) -> None:
-        """Nothing to release: NVML stays initialised for CodeCarbon, which shares the library in this process."""
-
-
-def _nvml_reason(error: Exception) -> str:
-    name = type(error).__name__
-    if isinstance(error, ImportError):
-        return "nvidia-ml-py (pynvml) is not installed"
-    if "LibraryNotFound" in name:
-        return "no NVIDIA driver library (libnvidia-ml) on this machine"
-    if "DriverNotLoaded" in name:
-        return "the NVIDIA driver is not loaded"
-    if "NotSupported" in name:
-        return "this GPU has no total-energy counter (it needs Volta or newer)"
-    return f"{name}: {error}"
 
 
 class RaplEnergyCounter:

@@ -1,4 +1,4 @@
-"""Energy measurement windows over CodeCarbon's offline tracker, with provenance.
+"""Energy measurement windows over CodeCarbon's offline tracker: ``EnergyMonitor``.
 
 ``EnergyMonitor`` follows Zeus's shape: ``begin_window(key)`` / ``end_window(key) -> EnergyReading``, several
 named windows open at once (the whole run, the current epoch). Underneath is one
@@ -6,21 +6,25 @@ named windows open at once (the whole run, the current epoch). Underneath is one
 fails). CodeCarbon swallows its own exceptions, so every reading is checked: a tracker that did not
 start or stopped answering sets ``failure`` instead of producing zeros.
 
-Beside CodeCarbon, the hardware counters of ``counters`` (NVML for the training GPU, RAPL for the CPU packages)
-are read at the same window boundaries, after the device has finished its queued work, and CodeCarbon's GPU and
-CPU energy are checked against them (``EnergyResult.gpu_energy_discrepancy_pct``).
+What the monitor corrects in CodeCarbon's figures, so that they describe this training and nothing else:
 
-Units: CodeCarbon reports energy in kWh, emissions in kg CO2-eq and time in s; the field names here carry
-those units and the conversion to Wh/J happens in ``EnergyReading`` alone (factors in ``units``).
+- It measures only the training's own GPUs (none for a CPU training, which CodeCarbon would otherwise charge
+  every GPU of the host), and ``gpu_count``/``gpu_model`` describe those GPUs; the host's own are kept apart.
+- The host's CPU and RAM, which CodeCarbon's machine mode gives whole to every tracker, are shared among the
+  trainings measured on the host at the same time (``host_share``); a training alone keeps CodeCarbon's figures.
+- The hardware counters of ``counters`` (NVML for the training GPU, RAPL for the CPU packages) open their run
+  window right after CodeCarbon's own start and are read at the same boundaries, after the device has finished
+  its queued work, so that the comparison of the two measures the same stretch of time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 import threading
-from dataclasses import dataclass, fields
+import time
 from typing import Callable, Optional, Sequence
 
 from codecarbon import OfflineEmissionsTracker
@@ -28,174 +32,12 @@ from codecarbon.output_methods.base_output import BaseOutput
 from codecarbon.output_methods.emissions_data import EmissionsData
 
 from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
-from eemlflow.measure.units import J_PER_KWH, WH_PER_KWH
+from eemlflow.measure.host_share import HostLedger
+from eemlflow.measure.nvml import GpuSet, compute_pids, gpu_names
+from eemlflow.measure.readings import (COUNTER_KEYS, EnergyReading, EnergyResult, Provenance, combine_segments)
+from eemlflow.measure.suspicion import suspicions
 
 log = logging.getLogger(__name__)
-
-# CodeCarbon further than this from a hardware counter over a run makes the run's energy suspect.
-DISCREPANCY_SUSPECT_PCT = 2.0
-# Keys of the counters' figures in a segment's record (a checkpoint keeps them beside CodeCarbon's fields).
-COUNTER_KEYS = ("nvml_gpu_energy_kwh", "rapl_cpu_energy_kwh")
-
-
-@dataclass(frozen=True)
-class EnergyReading:
-    """Energy over a window (or, for a snapshot, since the tracker started): CodeCarbon's figures, and the
-    hardware counters' where they exist (None: no counter here)."""
-
-    duration_s: float
-    energy_kwh: float
-    cpu_energy_kwh: float
-    gpu_energy_kwh: float
-    ram_energy_kwh: float
-    emissions_kg: float
-    nvml_gpu_energy_kwh: Optional[float] = None
-    rapl_cpu_energy_kwh: Optional[float] = None
-
-    @property
-    def energy_wh(self) -> float:
-        return self.energy_kwh * WH_PER_KWH
-
-    @property
-    def energy_j(self) -> float:
-        return self.energy_kwh * J_PER_KWH
-
-    def __sub__(self, other: "EnergyReading") -> "EnergyReading":
-        return self._combine(other, -1.0)
-
-    def __add__(self, other: "EnergyReading") -> "EnergyReading":
-        return self._combine(other, 1.0)
-
-    def scaled(self, factor: float) -> "EnergyReading":
-        """Every figure times ``factor`` (e.g. a mean over epochs)."""
-        return EnergyReading(*(None if getattr(self, f.name) is None else getattr(self, f.name) * factor
-                               for f in fields(self)))
-
-    def _combine(self, other: "EnergyReading", sign: float) -> "EnergyReading":
-        """Field by field; a counter missing on either side is missing in the result (never half a figure)."""
-        def one(a: Optional[float], b: Optional[float]) -> Optional[float]:
-            return None if a is None or b is None else a + sign * b
-        return EnergyReading(*(one(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
-
-    @classmethod
-    def from_emissions(cls, data: EmissionsData) -> "EnergyReading":
-        return cls.from_values(data.values)
-
-    @classmethod
-    def from_values(cls, values: dict) -> "EnergyReading":
-        """From CodeCarbon's record as a mapping (``EmissionsData.values``, or one kept in a checkpoint)."""
-        def number(key: str) -> float:
-            return float(values.get(key) or 0.0)
-        def counter(key: str) -> Optional[float]:
-            return None if values.get(key) is None else float(values[key])
-        return cls(duration_s=number("duration"), energy_kwh=number("energy_consumed"),
-                   cpu_energy_kwh=number("cpu_energy"), gpu_energy_kwh=number("gpu_energy"),
-                   ram_energy_kwh=number("ram_energy"), emissions_kg=number("emissions"),
-                   nvml_gpu_energy_kwh=counter("nvml_gpu_energy_kwh"), rapl_cpu_energy_kwh=counter("rapl_cpu_energy_kwh"))
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """How CodeCarbon obtained each figure on this machine, which it otherwise keeps to itself."""
-
-    cpu_method: str
-    cpu_tdp_w: Optional[float]
-    cpu_model_known: bool
-    gpu_method: str
-    gpu_ids: str
-    ram_method: str
-    country_source: str
-    gpu_counter: str = "not read"  # the NVML counter CodeCarbon's GPU energy is checked against, or why none
-    cpu_counter: str = "not read"  # the RAPL counters CodeCarbon's CPU energy is checked against, or why none
-
-    def as_dict(self) -> dict[str, str]:
-        """Field name -> text (empty when unknown), for tags."""
-        return {f.name: "" if getattr(self, f.name) is None else str(getattr(self, f.name)) for f in fields(self)}
-
-
-@dataclass(frozen=True)
-class EnergyResult:
-    """A run's energy as one value: CodeCarbon's final record, how each figure was obtained, what looks wrong.
-
-    ``record`` is None when the tracker failed (``failure`` says why): then no energy is logged rather than zeros.
-    The average powers are energy / duration in W — what the energy columns imply — unlike CodeCarbon's
-    ``cpu_power``/``gpu_power``/``ram_power``, which are plain means of its samples.
-    """
-
-    record: Optional[EmissionsData]
-    provenance: Provenance
-    suspicions: tuple[str, ...] = ()
-    failure: Optional[str] = None
-    nvml_gpu_energy_kwh: Optional[float] = None  # the training GPU(s)' NVML counter over the run
-    rapl_cpu_energy_kwh: Optional[float] = None  # the CPU packages' RAPL counters over the run
-
-    @property
-    def reading(self) -> Optional[EnergyReading]:
-        if self.record is None:
-            return None
-        return dataclasses.replace(EnergyReading.from_emissions(self.record), nvml_gpu_energy_kwh=self.nvml_gpu_energy_kwh,
-                                   rapl_cpu_energy_kwh=self.rapl_cpu_energy_kwh)
-
-    @property
-    def gpu_energy_discrepancy_pct(self) -> Optional[float]:
-        """CodeCarbon's GPU energy against the NVML counter, in % of the counter (None without a counter)."""
-        return discrepancy_pct(self.record.gpu_energy, self.nvml_gpu_energy_kwh) if self.record else None
-
-    @property
-    def cpu_energy_discrepancy_pct(self) -> Optional[float]:
-        """CodeCarbon's CPU energy against the RAPL counters, in % of the counters (None without them)."""
-        return discrepancy_pct(self.record.cpu_energy, self.rapl_cpu_energy_kwh) if self.record else None
-
-    def _per_second(self, kwh: float) -> Optional[float]:
-        if self.record is None or not self.record.duration:
-            return None
-        return kwh * J_PER_KWH / self.record.duration
-
-    @property
-    def avg_cpu_power_w(self) -> Optional[float]:
-        return self._per_second(self.record.cpu_energy) if self.record else None
-
-    @property
-    def avg_gpu_power_w(self) -> Optional[float]:
-        return self._per_second(self.record.gpu_energy) if self.record else None
-
-    @property
-    def avg_ram_power_w(self) -> Optional[float]:
-        return self._per_second(self.record.ram_energy) if self.record else None
-
-    @property
-    def avg_power_w(self) -> Optional[float]:
-        return self._per_second(self.record.energy_consumed) if self.record else None
-
-
-def discrepancy_pct(codecarbon_kwh: float, counter_kwh: Optional[float]) -> Optional[float]:
-    """(CodeCarbon - counter) / counter in %; None when there is no counter figure or it read nothing."""
-    if counter_kwh is None or counter_kwh <= 0:
-        return None
-    return (codecarbon_kwh - counter_kwh) / counter_kwh * 100.0
-
-
-# How a run's segments (one per process that trained it: the first one and each resume) add up.
-_SUMMED = ("duration", "emissions", "cpu_energy", "gpu_energy", "ram_energy", "energy_consumed", "water_consumed")
-_TIME_WEIGHTED = ("cpu_power", "gpu_power", "ram_power", "cpu_utilization_percent", "gpu_utilization_percent",
-                  "ram_utilization_percent", "ram_used_gb")
-
-
-def combine_segments(earlier: Sequence[dict], last: EmissionsData) -> EmissionsData:
-    """One record for a run trained in several segments: energies, emissions and duration summed, CodeCarbon's
-    mean powers and utilisations weighted by each segment's duration, the rate recomputed; the hardware,
-    place and timestamp of the last segment. ``earlier`` are the earlier segments' ``EmissionsData.values``."""
-    if not earlier:
-        return last
-    segments = [*earlier, last.values]
-    duration = sum(float(seg.get("duration") or 0.0) for seg in segments)
-    changes: dict = {k: sum(float(seg.get(k) or 0.0) for seg in segments) for k in _SUMMED}
-    for k in _TIME_WEIGHTED:
-        changes[k] = (sum(float(seg.get(k) or 0.0) * float(seg.get("duration") or 0.0) for seg in segments)
-                      / duration) if duration else 0.0
-    changes["emissions_rate"] = changes["emissions"] / duration if duration else 0.0
-    return dataclasses.replace(last, **changes)
-
 
 _CPU_METHODS = {
     "intel_rapl": "RAPL energy counter (measured)",
@@ -206,6 +48,7 @@ _CPU_METHODS = {
     "apple_powermetrics": "Apple powermetrics (measured)",
 }
 RAM_METHOD = "CodeCarbon estimate: 5 W per estimated DIMM (not measured)"
+SHARED_TRACKING_MODE = "machine-shared"  # the CSV's tracking_mode of a run charged a share of the machine
 
 
 class _Capture(BaseOutput):
@@ -230,18 +73,77 @@ class _Capture(BaseOutput):
             return total
 
 
+class _Attribution:
+    """This process's CPU and RAM energy, each stretch between two readings charged at the training's share of
+    the host over that stretch (``HostLedger.share``)."""
+
+    def __init__(self, ledger: Optional[HostLedger]) -> None:
+        self.ledger = ledger
+        self.since = time.time()
+        self.raw = {"cpu_energy": 0.0, "ram_energy": 0.0}
+        self.charged = dict(self.raw)
+        self.shared = False
+
+    def update(self, values: dict) -> dict:
+        """CodeCarbon's cumulative ``values`` now, with the CPU and RAM energy charged to this training."""
+        now = time.time()
+        part = self.ledger.share(self.since, now) if self.ledger is not None else 1.0
+        self.shared = self.shared or part < 1.0
+        for key in self.raw:
+            raw = float(values.get(key) or 0.0)
+            self.charged[key] += (raw - self.raw[key]) * part
+            self.raw[key] = raw
+        self.since = now
+        return self.apply(values)
+
+    @property
+    def share(self) -> float:
+        """The share of the CPU and RAM energy measured so far that was charged (1.0 alone)."""
+        raw = sum(self.raw.values())
+        return sum(self.charged.values()) / raw if self.shared and raw > 0 else 1.0
+
+    def apply(self, values: dict) -> dict:
+        """``values`` with the charged CPU/RAM energy, the total, emissions and water scaled to match, and the
+        mean powers scaled like their energies. Unchanged, to the bit, while the training was alone."""
+        if not self.shared:
+            return dict(values)
+        removed = sum(self.raw[k] - self.charged[k] for k in self.raw)
+        total = float(values.get("energy_consumed") or 0.0)
+        ratio = (total - removed) / total if total > 0 else 1.0
+        changed = {**values, "energy_consumed": total - removed, "tracking_mode": SHARED_TRACKING_MODE}
+        for key in ("emissions", "emissions_rate", "water_consumed"):
+            changed[key] = float(values.get(key) or 0.0) * ratio
+        for energy, power in (("cpu_energy", "cpu_power"), ("ram_energy", "ram_power")):
+            changed[energy] = self.charged[energy]
+            if self.raw[energy] > 0:
+                changed[power] = float(values.get(power) or 0.0) * self.charged[energy] / self.raw[energy]
+        return changed
+
+    def describe(self) -> str:
+        if self.ledger is None:
+            return "whole machine: CodeCarbon's machine mode (host sharing off)"
+        if not self.ledger.available:
+            return f"whole machine: {self.ledger.description}, so concurrent trainings are each charged all of it"
+        if not self.shared:
+            return "whole machine: no other eemlflow training was measured on this host during the run"
+        return (f"shared: the host's CPU and RAM energy split equally among the eemlflow trainings measured on it at "
+                f"the same time (up to {self.ledger.max_concurrent} at once); this run was charged "
+                f"{self.share * 100:.1f} % of what CodeCarbon measured")
+
+
 class EnergyMonitor:
     """One CodeCarbon tracker for one training run, read through named windows.
 
     Args:
         country_iso_code: ISO alpha-3 code of the grid's country (offline carbon intensity).
         country_given: whether the user chose the country (recorded as provenance) or it is the default.
-        gpu_ids: the GPUs training uses, measured alone (CodeCarbon's ``gpu_ids``); None for a CPU training
-            (CodeCarbon then measures every visible GPU, and a GPU with no energy is not suspect).
+        gpu_ids: the physical (NVML) GPUs the training uses, measured alone; empty for a CPU training, which
+            then measures no GPU however many the host has.
         measure_power_secs: CodeCarbon's sampling interval in seconds.
         project_name: CodeCarbon's project name (a CSV column).
         synchronize: waits for the device's queued work (``torch.cuda.synchronize``), called before every
             window boundary so that the counters and CodeCarbon see the work that was launched before it.
+        share_host: share the host's CPU and RAM with the other trainings measured on it at the same time.
     """
 
     def __init__(
@@ -249,22 +151,27 @@ class EnergyMonitor:
         country_iso_code: str,
         *,
         country_given: bool = True,
-        gpu_ids: Optional[Sequence[int]] = None,
+        gpu_ids: Optional[Sequence[int]] = (),
         measure_power_secs: float = 1.0,
         project_name: str = "eemlflow",
         synchronize: Optional[Callable[[], None]] = None,
+        share_host: bool = True,
     ) -> None:
         self.failure: Optional[str] = None
+        self.gpu_ids = list(gpu_ids or [])
         self._synchronize = synchronize
-        self._nvml = NvmlEnergyCounter(gpu_ids) if gpu_ids is not None else None
-        self._rapl = RaplEnergyCounter()
-        self.segment: Optional[EmissionsData] = None  # this process's final record, once stopped
+        self._sync_failure: Optional[str] = None
+        self._share_host = share_host
+        self._nvml: Optional[NvmlEnergyCounter] = None
+        self._rapl: Optional[RaplEnergyCounter] = None
+        self._counter_base: dict[str, Optional[float]] = {}
+        self._attribution = _Attribution(None)
+        self._neighbours: set[tuple[int, int]] = set()
         self._last_record: Optional[dict] = None
         self._country_given = country_given
         self._capture = _Capture()
         self._windows: dict[str, EnergyReading] = {}
         self._last: Optional[EnergyReading] = None
-        self._used_gpu = gpu_ids is not None
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code,
             project_name=project_name,
@@ -273,14 +180,22 @@ class EnergyMonitor:
             output_methods=[],  # no emissions.csv: MLflow holds the figures
             output_dir=tempfile.gettempdir(),
             output_handlers=[self._capture],  # a fresh list: CodeCarbon appends to it
-            gpu_ids=list(gpu_ids) if gpu_ids is not None else None,
+            gpu_ids=list(self.gpu_ids),  # [] measures no GPU; None would measure every one CUDA_VISIBLE_DEVICES shows
             log_level="error",
             allow_multiple_runs=True,  # the lock-file mode disables a second tracker and takes SIGINT
         )
 
     def start(self) -> None:
-        """Start measuring (``stop`` gives the run's total)."""
+        """Start measuring (``stop`` gives the run's total). The counters' run window is set to open when
+        CodeCarbon's does: read just before and just after its start (whose first call in a process takes a second
+        or more) and interpolated to the moment it took its own first reading."""
+        self._nvml = NvmlEnergyCounter(self.gpu_ids) if self.gpu_ids else None
+        self._rapl = RaplEnergyCounter()
+        before = self._raw_counters()
         self._tracker.start()
+        after = self._raw_counters()
+        self._counter_base = _at(before, after, getattr(self._tracker, "_start_time", None))
+        self._attribution = _Attribution(HostLedger() if self._share_host else None)
         first = self._snapshot()
         if first is None:
             self.failure = "CodeCarbon's tracker did not start (it logs its own error above)"
@@ -300,48 +215,102 @@ class EnergyMonitor:
         now = self._snapshot()
         return None if now is None else now - start
 
-    def _counters(self) -> dict[str, Optional[float]]:
-        """The hardware counters since this monitor was made (kWh), by ``COUNTER_KEYS``; None where unavailable."""
-        return {"nvml_gpu_energy_kwh": self._nvml.read_kwh() if self._nvml else None,
-                "rapl_cpu_energy_kwh": self._rapl.read_kwh()}
+    def _raw_counters(self) -> tuple[float, dict[str, Optional[float]]]:
+        """When (``time.perf_counter``, CodeCarbon's clock) and what the counters read since they were made, kWh."""
+        return time.perf_counter(), {"nvml_gpu_energy_kwh": self._nvml.read_kwh() if self._nvml else None,
+                                     "rapl_cpu_energy_kwh": self._rapl.read_kwh() if self._rapl else None}
+
+    def _counters(self, raw: Optional[dict[str, Optional[float]]] = None) -> dict[str, Optional[float]]:
+        """The hardware counters over the run window (kWh), by ``COUNTER_KEYS``; None where unavailable."""
+        raw = raw if raw is not None else self._raw_counters()[1]
+        return {k: None if v is None or self._counter_base.get(k) is None else v - self._counter_base[k]
+                for k, v in raw.items()}
 
     def live(self) -> Optional[EnergyReading]:
         """The latest totals CodeCarbon sampled on its timer, for progress displays; no measurement made."""
         data = self._capture.live
-        return None if data is None or self.failure else EnergyReading.from_emissions(data)
+        if data is None or self.failure:
+            return None
+        return EnergyReading.from_values(self._attribution.apply(data.values))
 
     def stop(self, earlier_segments: Sequence[dict] = (), warn: bool = True) -> EnergyResult:
         """Stop the tracker: the run's energy, its provenance and suspicions (no record if the tracker failed).
 
+        Never raises for the device: a synchronize that fails (a sticky CUDA error) is noted and the energy
+        measured so far is still returned, so that a failing run is closed with it.
+
         ``earlier_segments``: CodeCarbon's records of the run's earlier processes (a resumed run), added in.
         ``warn``: log each suspicion as a warning (a training does; a forecast's calibration keeps quiet).
         """
-        if self._synchronize is not None:
-            self._synchronize()
+        self._wait_for_device(final=True)
+        before = self._raw_counters()
         self._tracker.stop()
-        counters = self._counters()
-        self._rapl.close()
+        after = self._raw_counters()
+        counters = self._counters(_at(before, after, getattr(self._tracker, "_last_measured_time", None)))
+        if self._rapl is not None:
+            self._rapl.close()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
-        self.segment = final  # this process's own record, kept for the next resume
+        if final is not None:
+            final = self._as_measured(final)
+        if self._attribution.ledger is not None:
+            self._attribution.ledger.close()
         if final is None and self.failure is None:
             self.failure = "CodeCarbon's tracker returned no final measurement (it logs its own error above)"
             log.warning("energy tracking failed: %s", self.failure)
+        host = self._host_gpus()
         record = None if self.failure else combine_segments(earlier_segments, final)
         for key in COUNTER_KEYS:  # a counter missing in any segment leaves the run without that figure
             values = [counters[key], *(seg.get(key) for seg in earlier_segments)]
             counters[key] = None if any(v is None for v in values) else sum(values)
-        provenance = self.provenance()
-        result = EnergyResult(record, provenance, (), self.failure, **counters)
-        suspect = tuple(suspicions(result, self._used_gpu)) if record is not None else ()
+        result = EnergyResult(record, self.provenance(), (), self.failure, **counters,
+                              host_gpu_count=host.count, host_gpu_model=host.model,
+                              cpu_ram_share=self._attribution.share, other_gpu_pids=tuple(sorted(self._neighbours)))
+        suspect = tuple(suspicions(result, bool(self.gpu_ids))) if record is not None else ()
+        if self._sync_failure and record is not None:
+            suspect += (f"the device did not finish its queued work before the final reading ({self._sync_failure}): "
+                        "work launched last may be missing from the figures",)
         for reason in suspect if warn else ():
             log.warning("suspect energy figures: %s", reason)
         return dataclasses.replace(result, suspicions=suspect)
 
+    def _wait_for_device(self, final: bool = False) -> None:
+        """Let the device finish its queued work before a reading. During training a failure is the training's
+        own error and propagates; at the final reading it is noted and the reading taken anyway."""
+        if self._synchronize is None:
+            return
+        try:
+            self._synchronize()
+        except Exception as e:
+            if not final:
+                raise
+            self._sync_failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            log.warning("final energy reading without waiting for the device: %s", self._sync_failure)
+
+    def _as_measured(self, data: EmissionsData) -> EmissionsData:
+        """CodeCarbon's record as this training measured it: CPU/RAM charged at its share, GPUs its own."""
+        self._check_neighbours()
+        values = self._attribution.update(data.values)
+        measured = GpuSet.of_names(gpu_names(self.gpu_ids)) if self.gpu_ids else GpuSet(0, "")
+        if self.gpu_ids and measured.count != len(self.gpu_ids):  # NVML stopped answering: keep the count
+            measured = GpuSet(len(self.gpu_ids), "")
+        values.update(gpu_count=measured.count, gpu_model=measured.model)
+        return dataclasses.replace(data, **{k: v for k, v in values.items() if k in data.values})
+
+    def _host_gpus(self) -> GpuSet:
+        return GpuSet.of_names(gpu_names())
+
+    def _check_neighbours(self) -> None:
+        """Note every other process computing on a measured GPU (NVML's list), whose energy NVML counts too."""
+        if not self.gpu_ids:
+            return
+        own = {os.getpid(), *_children()}
+        for gpu, pids in compute_pids(self.gpu_ids).items():
+            self._neighbours.update((gpu, pid) for pid in pids - own)
+
     def _snapshot(self) -> Optional[EnergyReading]:
         if self.failure:
             return None
-        if self._synchronize is not None:
-            self._synchronize()
+        self._wait_for_device()
         self._capture.take()
         self._tracker.flush()
         counters = self._counters()
@@ -350,7 +319,8 @@ class EnergyMonitor:
             self.failure = "CodeCarbon's tracker stopped reporting (flush returned nothing)"
             log.warning("energy tracking failed: %s", self.failure)
             return None
-        self._last_record = {**data.values, **counters}
+        self._check_neighbours()
+        self._last_record = {**self._attribution.update(data.values), **counters}
         self._last = EnergyReading.from_values(self._last_record)
         return self._last
 
@@ -360,13 +330,13 @@ class EnergyMonitor:
 
     def record_so_far(self) -> Optional[dict]:
         """CodeCarbon's totals and the counters' at the last window boundary (``EmissionsData.values`` plus
-        ``COUNTER_KEYS``), for a checkpoint."""
+        ``COUNTER_KEYS``), as charged to this training, for a checkpoint."""
         return None if self.failure or self._last_record is None else dict(self._last_record)
 
     def provenance(self) -> Provenance:
         """How each figure is obtained here. Reads CodeCarbon's hardware objects, which it does not expose."""
         cpu_method, tdp, known = "none detected", None, False
-        gpu_method, gpu_ids = "none (no GPU tracked)", ""
+        gpu_method = "none: training on the CPU, no GPU measured" if not self.gpu_ids else "none (CodeCarbon saw no GPU)"
         for hw in getattr(self._tracker, "_hardware", []):
             kind = type(hw).__name__
             if kind == "CPU":
@@ -374,48 +344,44 @@ class EnergyMonitor:
                 cpu_method = _CPU_METHODS.get(mode, f"{mode} (unknown method)")
                 tdp = getattr(hw, "_tdp", None)
                 known = mode == "intel_rapl" or _cpu_in_tdp_table(getattr(hw, "_model", None))
-            elif kind == "GPU":
+            elif kind == "GPU" and self.gpu_ids:
                 devices = getattr(getattr(hw, "devices", None), "devices", [])
-                sampled = any(getattr(d, "_use_power_fallback", False) for d in devices)
+                sampled = any(getattr(d, "_use_power_fallback", False) for d in devices
+                              if getattr(d, "gpu_index", None) in self.gpu_ids)
                 gpu_method = "NVML power sampling (estimated)" if sampled else "NVML energy counter (measured)"
-                ids = getattr(hw, "gpu_ids", None)
-                gpu_ids = ",".join(str(i) for i in ids) if ids else "all visible"
         return Provenance(
             cpu_method=cpu_method,
             cpu_tdp_w=tdp,
             cpu_model_known=known,
             gpu_method=gpu_method,
-            gpu_ids=gpu_ids,
+            gpu_ids=",".join(str(i) for i in self.gpu_ids),
             ram_method=RAM_METHOD,
             country_source="given" if self._country_given else "default",
             gpu_counter=self._nvml.description if self._nvml else "not read: training on the CPU",
-            cpu_counter=self._rapl.description,
+            cpu_counter=self._rapl.description if self._rapl else "not read: not started",
+            cpu_ram_attribution=self._attribution.describe(),
         )
 
 
 _ZERO = EnergyReading(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def suspicions(result: EnergyResult, used_gpu: bool) -> list[str]:
-    """Reasons to distrust a run's energy figures; each becomes a warning and a tag on the run."""
-    final, provenance = result.record, result.provenance
-    found = []
-    for what, cc_kwh, counter, counter_kwh, pct in (
-            ("GPU", final.gpu_energy, "NVML counter", result.nvml_gpu_energy_kwh, result.gpu_energy_discrepancy_pct),
-            ("CPU", final.cpu_energy, "RAPL counters", result.rapl_cpu_energy_kwh, result.cpu_energy_discrepancy_pct)):
-        if pct is not None and abs(pct) > DISCREPANCY_SUSPECT_PCT:
-            found.append(f"CodeCarbon's {what} energy {cc_kwh:.6g} kWh is {pct:+.1f} % off the {counter}'s "
-                         f"{counter_kwh:.6g} kWh (more than {DISCREPANCY_SUSPECT_PCT:g} %)")
-    if used_gpu and final.gpu_energy <= 0:
-        found.append("trained on a GPU but gpu_energy is 0: CodeCarbon did not see the GPU (NVML missing?)")
-    if used_gpu and final.ram_power > final.gpu_power > 0:
-        found.append("RAM power above GPU power: CodeCarbon's RAM estimate dominates, check ram_power")
-    if not provenance.cpu_model_known:
-        found.append(
-            f"CPU model {final.cpu_model or 'unknown'!r} is not in CodeCarbon's TDP table and has no RAPL counter: "
-            f"CPU energy assumes a generic {provenance.cpu_tdp_w} W TDP"
-        )
-    return found
+def _at(before: tuple[float, dict], after: tuple[float, dict], moment: Optional[float]) -> dict[str, Optional[float]]:
+    """The counters at ``moment`` (CodeCarbon's reading, ``time.perf_counter``), between two readings of them
+    around it: power is taken as steady over that short stretch. The midpoint when the moment is unknown."""
+    (t0, a), (t1, b) = before, after
+    f = 0.5 if moment is None or t1 <= t0 else min(1.0, max(0.0, (moment - t0) / (t1 - t0)))
+    return {k: None if a[k] is None or b[k] is None else a[k] + (b[k] - a[k]) * f for k in a}
+
+
+def _children() -> set[int]:
+    """This process's descendants (data-loader workers), which may hold a context on the training's GPU."""
+    try:
+        import psutil  # a CodeCarbon dependency
+
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except Exception:
+        return set()
 
 
 def _cpu_in_tdp_table(model: Optional[str]) -> bool:

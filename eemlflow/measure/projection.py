@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from eemlflow.measure.energy import EnergyReading
+from eemlflow.measure.readings import EnergyReading
 
 STARTUP_EPOCHS = 1  # epochs of a process that carry one-off costs: left out once a later epoch is measured
 RECENT_EPOCHS = 3  # stable epochs averaged for the estimate of the next ones

@@ -12,11 +12,12 @@ import os
 import platform
 import time
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import mlflow
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -24,12 +25,13 @@ import eemlflow
 from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
-from eemlflow.measure.energy import EnergyReading, EnergyResult
+from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.measure.projection import Projection, projection_error_pct
 from eemlflow.errors import EemlflowError
 from eemlflow.training.recipe import EpochResult
 from eemlflow.store import StoreWriter, experiment_id_for
 from eemlflow.store.connect import describe_store_error, no_http_retries
+from eemlflow.store.system_metrics import start_system_metrics
 from eemlflow.store.writer import spool_path_for, with_retries
 
 log = logging.getLogger(__name__)
@@ -59,12 +61,13 @@ class TrainingRun:
         self.client = client
         self.run_id = run_id
         self.writer = StoreWriter(client, run_id, spool_path_for(run_id, spool_root))
+        self._system: Optional[SystemMetricsMonitor] = None
 
     @classmethod
     def open(cls, client: MlflowClient, cfg: TrainConfig, experiment_name: str = DEFAULT_EXPERIMENT,
-             system_metrics: bool = True) -> "TrainingRun":
+             system_metrics: bool = True, gpu_ids: Sequence[int] = ()) -> "TrainingRun":
         """Reopen ``cfg.resume`` if set, else take ``mlflow run``'s run if there is one, else start a new run in
-        ``experiment_name``."""
+        ``experiment_name``. ``system_metrics``: MLflow's, with the GPUs ``gpu_ids`` (the run's own) only."""
         experiment_id = None
         launcher_run = os.environ.get("MLFLOW_RUN_ID")
         if launcher_run:
@@ -75,15 +78,17 @@ class TrainingRun:
             if cfg.resume:  # RUNNING again; the launcher's own run, if any, only points at it
                 if launcher_run and launcher_run != cfg.resume:
                     with_retries(lambda: client.set_tag(launcher_run, schema.RESUMED_RUN_TAG, cfg.resume), "set_tag")
-                active = with_retries(lambda: mlflow.start_run(run_id=cfg.resume, log_system_metrics=system_metrics),
+                active = with_retries(lambda: mlflow.start_run(run_id=cfg.resume, log_system_metrics=False),
                                       "start_run")
             else:
                 active = with_retries(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name,
-                                                               log_system_metrics=system_metrics), "start_run")
+                                                               log_system_metrics=False), "start_run")
         except MlflowException as e:  # nothing has trained yet: a refusal here is the user's to fix
             raise EemlflowError(describe_store_error(e, client.tracking_uri)) from None
         run = cls(client, active.info.run_id, cfg.checkpoint_dir)
         run._log(tags={schema.RUN_NAME_TAG: cfg.run_name})
+        if system_metrics:
+            run._system = start_system_metrics(run.run_id, gpu_ids, client.tracking_uri, resume=bool(cfg.resume))
         return run
 
     def log_segment(self, number: int, host: str, pid: int, started: str) -> None:
@@ -214,8 +219,12 @@ class TrainingRun:
                        "nvml_gpu_energy_kwh": energy.nvml_gpu_energy_kwh,
                        "gpu_energy_discrepancy_pct": energy.gpu_energy_discrepancy_pct,
                        "rapl_cpu_energy_kwh": energy.rapl_cpu_energy_kwh,
-                       "cpu_energy_discrepancy_pct": energy.cpu_energy_discrepancy_pct}
+                       "cpu_energy_discrepancy_pct": energy.cpu_energy_discrepancy_pct,
+                       "host_gpu_count": energy.host_gpu_count,
+                       "cpu_ram_share": energy.cpu_ram_share}
             metrics.update({schema.BY_NAME[name].key: value for name, value in derived.items() if value is not None})
+        if energy.host_gpu_model is not None:
+            tags[schema.BY_NAME["host_gpu_model"].key] = energy.host_gpu_model
         if energy.failure:
             tags[schema.ENERGY_FAILURE_TAG] = energy.failure
         if energy.suspicions:
@@ -232,6 +241,8 @@ class TrainingRun:
         tags = {schema.STATUS_TAG: status, **({schema.ERROR_TAG: error[:5000]} if error else {}),
                 **({schema.STOPPED_TAG: stopped[:5000]} if stopped else {})}
         self._log(tags=tags)
+        if self._system is not None:  # its last samples go in before the run ends
+            self._system.finish()
         self.writer.set_terminated(status)
         try:  # leave MLflow's fluent run (and stop its system metrics); the status is already stored or spooled
             with no_http_retries(10):

@@ -83,12 +83,13 @@ COLUMNS: tuple[Column, ...] = (
     _cc("codecarbon_version", "tag", str),
     _cc("cpu_count", "metric", int),
     _cc("cpu_model", "tag", str),
-    _cc("gpu_count", "metric", int),
-    _cc("gpu_model", "tag", str),
+    _cc("gpu_count", "metric", int, doc="the GPUs the run measured (its own; the host's are host_gpu_count)"),
+    _cc("gpu_model", "tag", str, doc="the GPUs the run measured, e.g. 1 x NVIDIA H200"),
     _cc("longitude", "metric", float, "degrees"),
     _cc("latitude", "metric", float, "degrees"),
     _cc("ram_total_size", "metric", float, "GB"),
-    _cc("tracking_mode", "tag", str),
+    _cc("tracking_mode", "tag", str, doc="machine (CodeCarbon's: the whole host's CPU and RAM), or machine-shared "
+        "(shared with the trainings measured on the host at the same time)"),
     _cc("on_cloud", "tag", str),
     _cc("pue", "metric", float),
     Column("train_loss", "metric", float, doc="final training loss (label smoothing 0.1)"),
@@ -117,6 +118,11 @@ EXTRAS: tuple[Column, ...] = (
     Column("gpu_energy_discrepancy_pct", "metric", float, "%", "(gpu_energy - nvml_gpu_energy_kwh) / counter", mlflow_key="summary/gpu_energy_discrepancy_pct"),
     Column("rapl_cpu_energy_kwh", "metric", float, "kWh", "the CPU packages' RAPL counters", mlflow_key="summary/rapl_cpu_energy_kwh"),
     Column("cpu_energy_discrepancy_pct", "metric", float, "%", "(cpu_energy - rapl_cpu_energy_kwh) / counter", mlflow_key="summary/cpu_energy_discrepancy_pct"),
+    Column("host_gpu_count", "metric", int, doc="the host's GPUs, measured or not (gpu_count: the measured ones)",
+           mlflow_key="summary/host_gpu_count"),
+    Column("host_gpu_model", "tag", str, doc="the host's GPUs, e.g. 8 x NVIDIA H200", mlflow_key="energy.host_gpu_model"),
+    Column("cpu_ram_share", "metric", float, doc="share of the host's CPU and RAM energy charged to this run (1: all; "
+           "less while other trainings ran on the host)", mlflow_key="summary/cpu_ram_share"),
     Column("mode", "param", str, doc="faithful (the study's recipe) or fast"),
     # The launcher owns the raw `data_path` param (empty = by mode): the path actually used is `resolved_data_path`.
     Column("data_path", "param", str, doc="cpu (timm's loader) or gpu", mlflow_key="resolved_data_path"),

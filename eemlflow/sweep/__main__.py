@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # for type hints only
 REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, add_verbose, configure_logging, print_error
 from eemlflow.errors import EemlflowError
-from eemlflow.measure.energy import WH_PER_KWH
+from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.store.schema import PARENT_RUN_TAG
 from eemlflow.sweep.bookkeeping import cell_states, close_parent, log_forecast, open_parent
 from eemlflow.sweep.forecast import CellForecast, forecast_cells, grid_total

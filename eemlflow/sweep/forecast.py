@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from eemlflow.measure.energy import EnergyMonitor, EnergyReading
+from eemlflow.measure.energy import EnergyMonitor
+from eemlflow.measure.readings import EnergyReading
 from eemlflow.measure.gpu_ids import measured_gpu_ids
-from eemlflow.training import (ImageData, TrainConfig, build_recipe, eval_step, load_data, resolve_device,
+from eemlflow.training import (ImageData, TrainConfig, build_recipe, device_identity, eval_step, load_data,
+                               resolve_device,
                                synchronizer, train_loss_fn, train_step)
 from eemlflow.training.checkpoint import save_checkpoint
 from eemlflow.sweep.grid import Cell
@@ -83,7 +85,7 @@ def forecast_cells(cells: Sequence[Cell], on_calibration: Optional[Callable[[int
             device = resolve_device(cfg.device)
             monitor_key = (cfg.country, str(device))
             if monitor_key not in monitors:
-                monitors[monitor_key] = EnergyMonitor(cfg.country, country_given=cfg.country_given, gpu_ids=measured_gpu_ids(device),
+                monitors[monitor_key] = EnergyMonitor(cfg.country, country_given=cfg.country_given, gpu_ids=measured_gpu_ids(*device_identity(device)),
                                                       measure_power_secs=cfg.measure_power_secs, synchronize=synchronizer(device))
                 monitors[monitor_key].start()
             calibrations[key] = calibrate(cfg, data_for(cfg), monitors[monitor_key])

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # for type hints only
 
 from eemlflow.store.liveness import staleness
 from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint
-from eemlflow.measure.energy import WH_PER_KWH
+from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.measure.projection import projection_error_pct
 from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, ERROR_TAG, FORECAST,
                                    PARENT_RUN_TAG, STATUS_TAG, STOPPED_TAG)

@@ -95,6 +95,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def device_identity(device: torch.device) -> tuple[str, int, Optional[str]]:
+    """A torch device as (type, index, UUID): the UUID is what names the same physical GPU to NVML whatever
+    ``CUDA_DEVICE_ORDER`` says (None on the CPU or where torch does not report it)."""
+    if device.type != "cuda":
+        return device.type, 0, None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:  # an older torch without the property: CUDA_VISIBLE_DEVICES decides
+        uuid = None
+    return "cuda", index, uuid
+
+
 def synchronizer(device: torch.device) -> Optional[Callable[[], None]]:
     """What waits for ``device``'s queued work (before an energy counter is read), or None on the CPU."""
     if device.type != "cuda":

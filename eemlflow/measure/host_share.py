@@ -1,0 +1,157 @@
+"""Sharing one host's CPU and RAM among the eemlflow trainings measured on it at the same time.
+
+CodeCarbon's machine mode (the study's) charges each tracker the whole machine's CPU and RAM, so k trainings
+running at once on one host count it k times. Each ``EnergyMonitor`` therefore enters its measured window in a
+host-local ledger (a folder of small JSON files, one per training: pid, process start time, window start and
+end). Over any stretch of time, a training is charged ``1 / k(t)`` of the CPU and RAM energy it measured, where
+``k(t)`` is the number of ledger windows open at ``t``, itself included: the shares of concurrent trainings add
+up to one machine. A training alone has a share of exactly 1 and keeps CodeCarbon's figures unchanged. GPUs are
+not shared: each training measures only its own.
+
+A window whose process died without closing it ends at the ledger file's last touch (a thread touches it every
+``TOUCH_S``). The ledger lives in ``EEMLFLOW_HOST_LEDGER``, else ``~/.cache/eemlflow/host-ledger``: every
+training on a host must see the same folder (the same user, or a folder they all can write).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from eemlflow.atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+LEDGER_ENV = "EEMLFLOW_HOST_LEDGER"
+TOUCH_S = 5.0  # how often a live training marks its window as still open
+KEEP_CLOSED_S = 2 * 86400.0  # closed windows older than this cannot overlap a live epoch any more: removed
+
+
+def ledger_folder() -> Path:
+    """Where this host's trainings enter their windows."""
+    return Path(os.environ.get(LEDGER_ENV) or Path.home() / ".cache" / "eemlflow" / "host-ledger")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One training's measured window on this host: [start, end] in Unix seconds, ``end`` None while open."""
+
+    pid: int
+    start: float
+    end: Optional[float]
+
+
+def share(me: Window, others: list[Window], a: float, b: float) -> float:
+    """The mean of ``1 / k(t)`` over [a, b], where k counts ``me`` and the ``others`` open at t (``me`` is open
+    over the whole of [a, b]); 1.0 for an empty interval."""
+    if b <= a:
+        return 1.0
+    cuts = sorted({a, b, *(t for w in others for t in (w.start, w.end if w.end is not None else b) if a < t < b)})
+    total = 0.0
+    for lo, hi in zip(cuts, cuts[1:]):
+        mid = (lo + hi) / 2
+        k = 1 + sum(1 for w in others if w.start <= mid and (w.end is None or mid < w.end))
+        total += (hi - lo) / k
+    return total / (b - a)
+
+
+class HostLedger:
+    """This training's entry in the host's ledger, and its share of the machine over a stretch of time."""
+
+    def __init__(self, folder: Optional[Path] = None) -> None:
+        self.folder = folder or ledger_folder()
+        self.available = True
+        self.description = ""
+        self.window = Window(os.getpid(), time.time(), None)
+        self.path = self.folder / f"{socket.gethostname()}-{os.getpid()}-{int(self.window.start * 1e6)}.json"
+        self.max_concurrent = 1
+        self._stop = threading.Event()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._write()
+        except OSError as e:  # a read-only home: measure as CodeCarbon does (whole machine), and say so
+            self.available = False
+            self.description = f"ledger {self.folder} not writable ({e.strerror})"
+            log.warning("host ledger unavailable: %s; concurrent trainings each count the whole machine",
+                        self.description)
+            return
+        self._thread = threading.Thread(target=self._touch, name="eemlflow-host-ledger", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        record = {"pid": self.window.pid, "created": _created(self.window.pid), "start": self.window.start,
+                  "end": self.window.end}
+        atomic_write(self.path, lambda f: f.write(json.dumps(record)))
+
+    def _touch(self) -> None:
+        while not self._stop.wait(TOUCH_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def others(self) -> list[Window]:
+        """The other windows of this host's ledger (a dead process's open window ends at its last touch)."""
+        found = []
+        now = time.time()
+        for path in self.folder.glob(f"{socket.gethostname()}-*.json"):
+            if path == self.path:
+                continue
+            try:
+                record = json.loads(path.read_text())
+                mtime = path.stat().st_mtime
+            except (OSError, ValueError):  # removed meanwhile, or being written
+                continue
+            end = record.get("end")
+            if end is None and not _alive(int(record["pid"]), record.get("created")):
+                end = mtime
+            if end is not None and now - end > KEEP_CLOSED_S:
+                path.unlink(missing_ok=True)
+                continue
+            found.append(Window(int(record["pid"]), float(record["start"]), end))
+        return found
+
+    def share(self, a: float, b: float) -> float:
+        """This training's share of the machine over [a, b] (Unix seconds)."""
+        if not self.available:
+            return 1.0
+        others = self.others()
+        overlapping = [w for w in others if w.start < b and (w.end is None or w.end > a)]
+        self.max_concurrent = max(self.max_concurrent, 1 + len(overlapping))
+        return share(self.window, overlapping, a, b)
+
+    def close(self) -> None:
+        """Close this training's window (kept for the trainings it overlapped, which read it at their next
+        boundary)."""
+        self._stop.set()
+        if not self.available:
+            return
+        self.window = Window(self.window.pid, self.window.start, time.time())
+        try:
+            self._write()
+        except OSError as e:
+            log.warning("host ledger: window not closed (%s)", e)
+
+
+def _created(pid: int) -> Optional[float]:
+    try:
+        import psutil  # a CodeCarbon dependency
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+def _alive(pid: int, created: Optional[float]) -> bool:
+    """Whether ``pid`` is still the process that wrote the entry (not a later process given the same pid)."""
+    now = _created(pid)
+    if now is None:
+        return False
+    return created is None or abs(now - created) < 1.0
