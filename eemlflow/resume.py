@@ -20,7 +20,8 @@ from eemlflow.errors import EemlflowError
 from eemlflow.store import schema
 from eemlflow.store.liveness import Heartbeat, staleness
 from eemlflow.training import TrainConfig
-from eemlflow.training.checkpoint import Checkpoint, checkpoint_path, differing_settings, load_checkpoint
+from eemlflow.training.checkpoint import (Checkpoint, checkpoint_path, device_change, differing_settings,
+                                          load_checkpoint)
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class ResumePoint:
         return list(self.checkpoint.extra.get("segments") or [])
 
 
-def prepare_resume(client: MlflowClient, cfg: TrainConfig) -> ResumePoint:
-    """Check that ``cfg.resume`` can be resumed here with ``cfg``; one clear error otherwise."""
+def prepare_resume(client: MlflowClient, cfg: TrainConfig, device_type: str) -> ResumePoint:
+    """Check that ``cfg.resume`` can be resumed here, on a ``device_type`` device, with ``cfg``; one clear error
+    otherwise."""
     run_id = cfg.resume
     try:
         run = client.get_run(run_id)
@@ -56,6 +58,9 @@ def prepare_resume(client: MlflowClient, cfg: TrainConfig) -> ResumePoint:
     if differing:
         raise EemlflowError(f"cannot resume run {run_id} with other settings than it was trained with: "
                             f"{'; '.join(differing)}; resume with the same values, or start a new run")
+    moved = device_change(checkpoint, device_type)
+    if moved:
+        raise EemlflowError(f"cannot resume run {run_id} here: {moved}")
     if checkpoint.epochs_done >= cfg.epochs:
         raise EemlflowError(f"run {run_id} has all its {cfg.epochs} epochs in its checkpoint: nothing to train")
     segments = int(run.data.tags.get(schema.SEGMENTS_TAG) or 1)

@@ -97,7 +97,7 @@ def train_run(
             "the recipe drops the last partial batch, so nothing would train; use a smaller batch_size"
         )
     client = connect(tracking_uri)
-    point = prepare_resume(client, cfg) if cfg.resume else None
+    point = prepare_resume(client, cfg, device.type) if cfg.resume else None
 
     run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics, gpu_ids=gpu_ids)
     outcome = RunOutcome(run.run_id, "RUNNING")

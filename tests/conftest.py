@@ -14,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _in_a_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process trainings write checkpoints and spools under the working folder: keep them out of the repo."""
+    """In-process trainings write checkpoints and spools under the working folder: keep them out of the repo. The
+    trainings of one test share a host ledger (CPU/RAM sharing) of their own, which its command lines inherit."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EEMLFLOW_HOST_LEDGER", str(tmp_path / "host-ledger"))
 
 
 @pytest.fixture

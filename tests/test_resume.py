@@ -64,7 +64,7 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
 
     with pytest.raises(EemlflowError, match="is still being trained"):  # in-process: the training runs on meanwhile
         prepare_resume(client, TrainConfig(model="test_resnet", dataset="digits", epochs=5, batch_size=64,
-                                           resume=run_id))
+                                           resume=run_id), "cpu")
 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)

@@ -29,7 +29,9 @@ from eemlflow.errors import EemlflowError
 from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.store.schema import PARENT_RUN_TAG
 from eemlflow.sweep.bookkeeping import cell_states, close_parent, log_forecast, open_parent
-from eemlflow.sweep.forecast import CellForecast, forecast_cells, grid_total
+from eemlflow.measure.gpu_ids import check_one_measurer
+from eemlflow.sweep.calibration_process import Forecasts, forecast_on
+from eemlflow.sweep.forecast import grid_total
 from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
 from eemlflow.sweep.launch import Launcher, LocalLauncher
 from eemlflow.sweep.scheduler import Sweep
@@ -91,6 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         retries = _nonnegative_int(args.retries, "--retries")
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        check_one_measurer(gpus)  # one training per physical GPU, MIG slices included
         grid = load_grid(args.grid, parse_pairs(args.overrides, "--set"), parse_pairs(args.only, "--only"))
         client = connect(args.tracking_uri)
         if args.dry_run.lower() in ("true", "1", "yes"):
@@ -105,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             exp = client.get_experiment_by_name(args.experiment or grid.experiment)
             states = cell_states(client, exp.experiment_id) if exp else {}
             todo = [c for c in grid.cells if c.cell_id not in states or states[c.cell_id].state != "done"]
-            forecasts = forecast(todo, console)
+            forecasts = forecast(todo, console, gpus[0] if gpus else None)
             if args.forecast == "only":
                 return 0
         launcher = make_launcher(args, gpus, mlflow.get_tracking_uri())
@@ -114,13 +117,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         experiment_id, parent_id = open_parent(client, grid, args.experiment)
         if forecasts is not None:
-            log_forecast(client, parent_id, forecasts)
+            log_forecast(client, parent_id, forecasts.cells, forecasts.where)
     except BaseException:
         launcher.close()
         raise
     sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus, console,
                   skip_running=args.skip_running,
-                  forecasts={f.cell.cell_id: f for f in forecasts} if forecasts else None, budget_kwh=budget,
+                  forecasts={f.cell.cell_id: f for f in forecasts.cells} if forecasts else None, budget_kwh=budget,
                   launcher=launcher)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     status = "FAILED"
@@ -177,8 +180,9 @@ def log_report(client: MlflowClient, grid: Grid, experiment_id: str, parent_id: 
                       highlight=False, soft_wrap=True)
 
 
-def forecast(cells: Sequence[Cell], console: Console) -> list[CellForecast]:
-    """Calibrate each distinct cell shape here (with progress), print every cell's forecast and the total."""
+def forecast(cells: Sequence[Cell], console: Console, gpu: Optional[str] = None) -> Forecasts:
+    """Calibrate each distinct cell shape in a process of its own on ``gpu`` (with progress), print every cell's
+    forecast and the total."""
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -187,9 +191,10 @@ def forecast(cells: Sequence[Cell], console: Console) -> list[CellForecast]:
         def shown(i: int, n: int, cfg) -> None:
             progress.update(task, total=n, completed=i - 1,
                             description=f"calibrating {cfg.model} at batch {cfg.batch_size} ({cfg.resolved_data_path} data path)")
-        forecasts, calibrations = forecast_cells(cells, shown)
-    table = Table(title=f"forecast: {len(forecasts)} cells to train, {len(calibrations)} calibration"
-                        f"{'' if len(calibrations) == 1 else 's'} in {time.perf_counter() - started:.0f} s")
+        result = forecast_on(cells, gpu, shown)
+    forecasts, calibrations = result.cells, result.calibrations
+    table = Table(title=f"forecast: {len(forecasts)} cells to train, {calibrations} calibration"
+                        f"{'' if calibrations == 1 else 's'} in {time.perf_counter() - started:.0f} s")
     for name in ("#", "cell", "hours", "kWh", "Wh", "kg CO2-eq"):
         table.add_column(name, justify="left" if name == "cell" else "right")
     for i, f in enumerate([*forecasts, grid_total(forecasts)], start=1):
@@ -197,7 +202,8 @@ def forecast(cells: Sequence[Cell], console: Console) -> list[CellForecast]:
                       f"{f.duration_s / 3600:.3g}", f"{f.energy_kwh:.3g}", f"{f.energy_kwh * WH_PER_KWH:.3g}",
                       f"{f.emissions_kg:.3g}")
     Console(width=None if console.is_terminal else 120).print(table)
-    return forecasts
+    console.print(f"calibrated on {result.where}", highlight=False, soft_wrap=True)
+    return result
 
 
 def _positive_float(raw: str, what: str) -> float:

@@ -19,6 +19,7 @@ from eemlflow.sweep.forecast import CellForecast, grid_total, to_csv
 from eemlflow.sweep.grid import Grid
 
 FORECAST_ARTIFACT = "forecast/forecast.csv"
+FORECAST_WHERE_TAG = "eemlflow.forecast_calibrated_on"  # the GPU and process the forecast was calibrated in
 
 @dataclass(frozen=True)
 class CellState:
@@ -93,12 +94,14 @@ def close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_id
     client.set_terminated(parent_id, status)
 
 
-def log_forecast(client: MlflowClient, parent_id: str, forecasts: list[CellForecast]) -> None:
-    """The grid's forecast on its parent run: totals as metrics, every cell's in ``forecast/forecast.csv``."""
+def log_forecast(client: MlflowClient, parent_id: str, forecasts: list[CellForecast], where: str) -> None:
+    """The grid's forecast on its parent run: totals as metrics, every cell's in ``forecast/forecast.csv``, where
+    it was calibrated as a tag."""
     from mlflow.entities import Metric
 
     total, now = grid_total(forecasts), int(time.time() * 1000)
     client.log_batch(parent_id, metrics=[Metric(FORECAST.grid_energy_kwh, total.energy_kwh, now, 0),
                                          Metric(FORECAST.grid_duration_s, total.duration_s, now, 0),
                                          Metric(FORECAST.grid_emissions_kg, total.emissions_kg, now, 0)])
+    client.set_tag(parent_id, FORECAST_WHERE_TAG, where)
     client.log_text(parent_id, to_csv(forecasts), FORECAST_ARTIFACT)

@@ -2,7 +2,9 @@
 
 A checkpoint holds the model, optimizer and scheduler states, the number of epochs done, every random number
 generator the next epochs draw from (torch's, numpy's, Python's, CUDA's, and the device data path's own
-generators) and the settings it was trained with. Written after an epoch ends, it is the state "ready to start
+generators) and the settings and the kind of device (``cpu``/``cuda``) it was trained with: a run moves between
+GPUs (another index, fewer or more visible) but not between the CPU and a GPU, whose generators and numerics
+differ. Only the training device's CUDA generator is kept, and only a CUDA training touches CUDA at all. Written after an epoch ends, it is the state "ready to start
 the next epoch": timm's loader draws its shuffle (and, with workers=0, its augmentations) from the restored
 generators, so on the CPU with workers=0 a resumed run repeats the uninterrupted one bit for bit. With loader
 worker processes the workers' own generators are not captured, so a resumed run is statistically, not bitwise,
@@ -15,7 +17,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -54,6 +56,7 @@ def save_checkpoint(path: Path, recipe: Recipe, cfg: TrainConfig, epochs_done: i
         "format": FORMAT,
         "epochs_done": epochs_done,
         "settings": dataclasses.asdict(cfg),
+        "device_type": recipe.device.type,
         "extra": extra,
         "model": _unwrapped(recipe.model).state_dict(),
         "optimizer": recipe.optimizer.state_dict(),
@@ -62,7 +65,7 @@ def save_checkpoint(path: Path, recipe: Recipe, cfg: TrainConfig, epochs_done: i
             "torch": torch.get_rng_state(),
             "numpy": np.random.get_state(),
             "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda": torch.cuda.get_rng_state(recipe.device) if recipe.device.type == "cuda" else None,
             "loaders": [loader.generator.get_state() if isinstance(loader, DeviceLoader) else None
                         for loader in (recipe.train_loader, recipe.eval_loader)],
         },
@@ -91,6 +94,16 @@ def differing_settings(checkpoint: Checkpoint, cfg: TrainConfig) -> list[str]:
             if checkpoint.settings.get(k) != now[k]]
 
 
+def device_change(checkpoint: Checkpoint, device_type: str) -> Optional[str]:
+    """Why the checkpoint cannot continue on a ``device_type`` device (None: it can). Checkpoints from before the
+    device was recorded were written by CPU or CUDA runs alike: their CUDA generators say which."""
+    trained_on = checkpoint.state.get("device_type") or ("cuda" if checkpoint.state["rng"].get("cuda") else None)
+    if trained_on is None or trained_on == device_type:
+        return None
+    return (f"it was trained on {trained_on} and would continue on {device_type} here: its generators and numerics "
+            f"are {trained_on}'s; resume it where it trained (device={trained_on}), or start a new run")
+
+
 def restore(recipe: Recipe, checkpoint: Checkpoint) -> None:
     """Put the model, optimizer, scheduler and every generator back as they were when it was written."""
     state = checkpoint.state
@@ -101,8 +114,9 @@ def restore(recipe: Recipe, checkpoint: Checkpoint) -> None:
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    cuda = rng.get("cuda")
+    if cuda is not None and recipe.device.type == "cuda":  # one device's state (older checkpoints: every device's)
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda, recipe.device)
     for loader, generator_state in zip((recipe.train_loader, recipe.eval_loader), rng["loaders"]):
         if isinstance(loader, DeviceLoader) and generator_state is not None:
             loader.generator.set_state(generator_state)
