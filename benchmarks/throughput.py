@@ -1,7 +1,7 @@
 """Images/s and J/image of the training step under four data paths, and the cost of tracking.
 
-    python benchmarks/throughput.py [--models resnet18,efficientnet_b0] [--batch-size 128] [--steps 50]
-                                    [--json throughput.json] [--compile]
+    python benchmarks/throughput.py [--models resnet18,efficientnet_b0] [--batch-size 128] [--steps 60]
+                                    [--overhead-pairs 5] [--overhead-steps 390] [--json throughput.json] [--compile]
 
 For each model (default: the study's 14, from sweeps/ee-training.yaml), on synthetic 32 px CIFAR-sized images
 upscaled to the model's input size:
@@ -11,9 +11,17 @@ upscaled to the model's input size:
   gpu-path  the same recipe with the augmentations done on the device (data_path=gpu), fp32
   fast      mode=fast: device data path + bf16 autocast + channels_last (+ torch.compile with --compile)
 
-and the tracking overhead: gpu-path epochs with CodeCarbon + MLflow logging on, against off.
-Energy comes from the NVML energy counter on a GPU (whole device, the one in use) and from CodeCarbon on a
-CPU. A table is printed and the figures are written as JSON. Tiny sizes run on a CPU as a smoke test.
+Timing is of a steady state: before the timed steps, the warm-up also drains what timm's loader workers queued
+meanwhile (``workers x prefetch_factor`` batches, which would otherwise run at the device's speed and flatter the
+CPU loader). Energy comes from the training's own ``EnergyMonitor`` on the training's own GPU (the same mapping of
+``cuda:N`` to NVML a training uses): J/image for the GPU alone (NVML counter) and for the whole machine (GPU + CPU
++ RAM as CodeCarbon measures them), since fast mode moves work between the CPU and the GPU.
+
+Tracking overhead: the gpu-path recipe over an epoch-length stretch (``--overhead-steps``, default one CIFAR epoch
+at the batch size) with the training's monitor running (1 s sampling, its GPU, a synchronize, an epoch window and
+one MLflow ``log_batch`` per epoch) against the same stretch without, as ``--overhead-pairs`` interleaved on/off
+pairs: the median and the spread of the pairs. A table is printed and every figure is written as JSON. Tiny
+sizes run on a CPU as a smoke test.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,47 +43,49 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from eemlflow.measure.energy import EnergyMonitor  # noqa: E402
+from eemlflow.measure.gpu_ids import default_device_order, measured_gpu_ids  # noqa: E402
+from eemlflow.sweep import load_grid  # noqa: E402
 from eemlflow.training.config import TrainConfig  # noqa: E402
 from eemlflow.training.data import load_data  # noqa: E402
-from eemlflow.measure.energy import EnergyMonitor  # noqa: E402
-from eemlflow.training.recipe import build_recipe, resolve_device, train_loss_fn, train_step  # noqa: E402
-from eemlflow.sweep import load_grid  # noqa: E402
+from eemlflow.training.recipe import (build_recipe, device_identity, resolve_device, synchronizer,  # noqa: E402
+                                      train_loss_fn, train_step)
 
 VARIANTS = ("step", "faithful", "gpu-path", "fast")
+PREFETCH_FACTOR = 2  # torch DataLoader's default, which timm's create_loader keeps
+CIFAR_TRAIN_IMAGES = 50_000
+
+
+def monitor_for(device: torch.device) -> EnergyMonitor:
+    """A monitor as a training on ``device`` makes it: its own GPU, 1 s sampling, a synchronize per reading."""
+    return EnergyMonitor("USA", measure_power_secs=1, gpu_ids=measured_gpu_ids(*device_identity(device)),
+                         synchronize=synchronizer(device))
 
 
 class EnergyMeter:
-    """Joules over a window: NVML's hardware counter for the GPU in use, else CodeCarbon (all of the machine)."""
+    """Joules over a window from the training's own monitor: the GPU's (NVML counter, else CodeCarbon) and the
+    whole machine's (CodeCarbon: GPU + CPU + RAM)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.nvml = None
-        if device.type == "cuda":
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.nvml = pynvml
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-            self.source = "NVML energy counter (GPU only)"
-        else:
-            self.monitor = EnergyMonitor("USA", measure_power_secs=1)
-            self.monitor.start()
-            self.source = "CodeCarbon (CPU load model + RAM estimate)"
+        self.monitor = monitor_for(device)
+        self.monitor.start()
+        self.gpu = bool(self.monitor.gpu_ids)
+        self.source = ("GPU: NVML energy counter of the training GPU; machine: CodeCarbon GPU + CPU + RAM" if self.gpu
+                       else "CodeCarbon (CPU load model + RAM estimate); no GPU")
 
     def begin(self) -> None:
-        if self.nvml:
-            self._start_mj = self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-        else:
-            self.monitor.begin_window("bench")
+        self.monitor.begin_window("bench")
 
-    def end(self) -> float:
-        if self.nvml:
-            return (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self._start_mj) / 1000
+    def end(self) -> tuple[float, float]:
+        """(GPU J, whole-machine J) over the window; NaN where not measured."""
         reading = self.monitor.end_window("bench")
-        return reading.energy_j if reading else float("nan")
+        if reading is None:
+            return float("nan"), float("nan")
+        gpu_kwh = reading.nvml_gpu_energy_kwh if reading.nvml_gpu_energy_kwh is not None else reading.gpu_energy_kwh
+        return (gpu_kwh * 3.6e6 if self.gpu else float("nan")), reading.energy_j
 
     def close(self) -> None:
-        if not self.nvml:
-            self.monitor.stop()
+        self.monitor.stop(warn=False)
 
 
 def sync(device: torch.device) -> None:
@@ -81,26 +93,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(recipe, batches, steps: int, warmup: int, meter: EnergyMeter, after_epoch=None,
-            epoch_steps: int = 0) -> dict:
-    """Run warmup + timed steps from ``batches``; ``after_epoch`` (tracking) is called every ``epoch_steps``."""
+def run_steps(recipe, batches, steps: int, after_epoch: Optional[Callable[[int], None]] = None,
+              epoch_steps: int = 0) -> tuple[float, int]:
+    """``steps`` training steps from ``batches``; (seconds, images). ``after_epoch`` runs every ``epoch_steps``."""
     loss_fn = train_loss_fn().to(recipe.device)
     recipe.model.train()
-    for x, y in itertools.islice(batches, warmup):
-        train_step(recipe, loss_fn, x, y)
     sync(recipe.device)
-    meter.begin()
-    start = time.perf_counter()
-    images = 0
+    start, images = time.perf_counter(), 0
     for i, (x, y) in enumerate(itertools.islice(batches, steps), start=1):
         train_step(recipe, loss_fn, x, y)
         images += x.shape[0]
         if after_epoch and i % epoch_steps == 0:
             after_epoch(i // epoch_steps)
     sync(recipe.device)
-    seconds = time.perf_counter() - start
-    joules = meter.end()
-    return {"images_per_s": images / seconds, "j_per_image": joules / images, "seconds": seconds, "images": images}
+    return time.perf_counter() - start, images
+
+
+def measure(recipe, batches, steps: int, warmup: int, meter: EnergyMeter) -> dict:
+    """Warm up (the loader's queue drained), then time and meter ``steps`` steps."""
+    run_steps(recipe, batches, warmup)
+    meter.begin()
+    seconds, images = run_steps(recipe, batches, steps)
+    gpu_j, machine_j = meter.end()
+    return {"images_per_s": images / seconds, "j_per_image_gpu": gpu_j / images,
+            "j_per_image_machine": machine_j / images, "seconds": seconds, "images": images}
 
 
 def forever(loader):
@@ -123,39 +139,47 @@ def bench_model(model: str, args, data, device, meter: EnergyMeter) -> dict:
             batches = itertools.repeat((x.clone(), y.clone()))
         else:
             batches = forever(recipe.train_loader)
-        result[variant] = measure(recipe, batches, args.steps, args.warmup, meter)
+        queued = args.workers * PREFETCH_FACTOR if variant == "faithful" else 0
+        result[variant] = measure(recipe, batches, args.steps, args.warmup + queued, meter)
         del recipe, batches
-    result["tracking_overhead_pct"] = tracking_overhead(configs["gpu-path"], args, data, device, meter)
+    result["tracking_overhead"] = tracking_overhead(configs["gpu-path"], args, data, device) \
+        if args.overhead_pairs else None
     return result
 
 
-def tracking_overhead(cfg: TrainConfig, args, data, device, meter: EnergyMeter) -> float:
-    """Wall time of the same epochs with CodeCarbon epoch windows + one MLflow log_batch per epoch, vs without."""
-    from eemlflow.training.recipe import EpochResult
+def tracking_overhead(cfg: TrainConfig, args, data, device) -> dict:
+    """Interleaved pairs of the same epoch-length stretch with the training's tracking on and off (see the module
+    docstring): each pair's overhead in %, their median and spread."""
     from eemlflow.store import connect
     from eemlflow.store.run import TrainingRun
+    from eemlflow.training.recipe import EpochResult
 
-    epoch_steps = max(1, args.steps // 5)
+    steps = args.overhead_steps or max(1, CIFAR_TRAIN_IMAGES // cfg.batch_size)
     recipe = build_recipe(cfg, data, device)
-    plain = measure(recipe, forever(recipe.train_loader), args.steps, args.warmup, meter)
+    batches = forever(recipe.train_loader)
+    run_steps(recipe, batches, args.warmup)
+    monitor_for(device).start()  # a process's first CodeCarbon start costs a second: not the training's per epoch
+    pairs = []
     with tempfile.TemporaryDirectory() as tmp:
         client = connect(f"sqlite:///{tmp}/overhead.db")
-        run = TrainingRun(client, client.create_run(client.create_experiment("overhead")).info.run_id)
-        monitor = EnergyMonitor("USA", measure_power_secs=15)
-        monitor.start()
-        monitor.begin_window("epoch")
-
-        def after_epoch(epoch: int) -> None:
-            energy = monitor.end_window("epoch")
-            run.log_epoch(EpochResult(epoch - 1, 1.0, 1.0, 50.0, 90.0, 0.1, epoch_steps * cfg.batch_size, 1.0),
-                          energy, monitor.live())
+        run = TrainingRun(client, client.create_run(client.create_experiment("overhead")).info.run_id, tmp)
+        for _ in range(args.overhead_pairs):
+            off, _ = run_steps(recipe, batches, steps)
+            monitor = monitor_for(device)
+            monitor.start()
             monitor.begin_window("epoch")
 
-        recipe = build_recipe(cfg, data, device)
-        tracked = measure(recipe, forever(recipe.train_loader), args.steps, args.warmup, meter,
-                          after_epoch, epoch_steps)
-        monitor.stop()
-    return 100 * (tracked["seconds"] - plain["seconds"]) / plain["seconds"]
+            def after_epoch(epoch: int) -> None:
+                energy = monitor.end_window("epoch")
+                run.log_epoch(EpochResult(epoch - 1, 1.0, 1.0, 50.0, 90.0, 0.1, steps * cfg.batch_size, 1.0),
+                              energy, monitor.so_far())
+                monitor.begin_window("epoch")
+
+            on, _ = run_steps(recipe, batches, steps, after_epoch, steps)
+            monitor.stop(warn=False)
+            pairs.append(100 * (on - off) / off)
+    return {"median_pct": statistics.median(pairs), "min_pct": min(pairs), "max_pct": max(pairs),
+            "pairs_pct": pairs, "steps_per_epoch": steps}
 
 
 def main() -> None:
@@ -163,41 +187,58 @@ def main() -> None:
     parser.add_argument("--models", default="", help="comma-separated timm names (default: the study's 14)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--img-size", type=int, default=None, help="default: each model's own input size")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in fast mode")
+    parser.add_argument("--overhead-pairs", type=int, default=5,
+                        help="on/off pairs for the tracking overhead (0: not measured)")
+    parser.add_argument("--overhead-steps", type=int, default=0,
+                        help="steps per tracked epoch (default: one CIFAR epoch at the batch size)")
     parser.add_argument("--json", default="throughput.json")
     args = parser.parse_args()
+    default_device_order()
     models = [m for m in args.models.split(",") if m] or list(dict.fromkeys(
         c.config.model for c in load_grid(ROOT / "sweeps" / "ee-training.yaml").cells))
     device = resolve_device(args.device)
     data = load_data("synthetic")
     meter = EnergyMeter(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU)"
-    console = Console(width=200)
+    console = Console(width=220)
     results = {}
     for model in models:
         results[model] = bench_model(model, args, data, device, meter)
         console.print(f"{model}: done", highlight=False)
     meter.close()
-    table = Table(title=f"images/s | J/image, batch {args.batch_size}, {time.strftime('%Y-%m-%d')}, {gpu}; "
-                        f"energy: {meter.source}")
+    table = Table(title=f"images/s | J/image GPU | J/image machine, batch {args.batch_size}, "
+                        f"{time.strftime('%Y-%m-%d')}, {gpu}; energy: {meter.source}")
     table.add_column("model")
     for v in VARIANTS:
         table.add_column(v, justify="right")
-    table.add_column("gpu-path/step", justify="right")
-    table.add_column("fast/faithful", justify="right")
-    table.add_column("tracking overhead", justify="right")
+    for name in ("gpu-path/step", "gpu-path/faithful", "fast/faithful", "fast J/faithful J (machine)",
+                 "tracking overhead, median [min, max]"):
+        table.add_column(name, justify="right")
     for model, r in results.items():
-        cells = [f"{r[v]['images_per_s']:,.0f} | {r[v]['j_per_image']:.3g}" for v in VARIANTS]
+        cells = [f"{r[v]['images_per_s']:,.0f} | {r[v]['j_per_image_gpu']:.3g} | {r[v]['j_per_image_machine']:.3g}"
+                 for v in VARIANTS]
+        o = r["tracking_overhead"]
+        overhead = f"{o['median_pct']:+.2f} % [{o['min_pct']:+.2f}, {o['max_pct']:+.2f}]" if o else "not measured"
         table.add_row(model, *cells, f"{r['gpu-path']['images_per_s'] / r['step']['images_per_s']:.2f}x",
+                      f"{r['gpu-path']['images_per_s'] / r['faithful']['images_per_s']:.2f}x",
                       f"{r['fast']['images_per_s'] / r['faithful']['images_per_s']:.2f}x",
-                      f"{r['tracking_overhead_pct']:+.1f} %")
+                      f"{r['fast']['j_per_image_machine'] / r['faithful']['j_per_image_machine']:.2f}x",
+                      overhead)
     console.print(table)
+    import codecarbon
+    import mlflow
+    import timm
+
     payload = {"date": time.strftime("%Y-%m-%d"), "gpu": gpu, "device": str(device), "energy_source": meter.source,
-               "batch_size": args.batch_size, "steps": args.steps, "workers": args.workers, "results": results}
+               "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
+                            "mlflow": mlflow.__version__, "codecarbon": codecarbon.__version__},
+               "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "workers": args.workers,
+               "results": results}
     Path(args.json).write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {args.json}")
 

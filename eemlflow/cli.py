@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
@@ -15,6 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_UNLOGGED = 3  # trained, but the store missed records: they wait in a spool file for `eemlflow.runs replay`
 EXIT_BUDGET = 4  # stopped cleanly before an epoch that would have crossed a budget (resumable with a larger one)
+
+
+def prog(module: str) -> str:
+    """A command line's name in its help: ``eemlflow train`` under the ``eemlflow`` command, else
+    ``python -m eemlflow.train``."""
+    sub = module.removeprefix("eemlflow.").removesuffix(".__main__")
+    return f"eemlflow {sub}" if os.path.basename(sys.argv[0]) == "eemlflow" else f"python -m eemlflow.{sub}"
 
 
 def print_error(console: Console, error: object) -> int:

@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from eemlflow.cli import add_verbose, begin, print_error, progress_bar
+from eemlflow.cli import add_verbose, begin, print_error, prog, progress_bar
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.units import J_PER_KWH
 from eemlflow.store.export import DEFAULT_OUTPUT, collect_rows, duplicate_cells, write_csv
@@ -39,7 +39,7 @@ def summary(frame: pd.DataFrame, output: str, console: Console) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eemlflow.export",
+    p = argparse.ArgumentParser(prog=prog("eemlflow.export"),
                                 description="Write the study's 42-column CSV from an MLflow tracking server.")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     p.add_argument("--experiment", action="append", help="experiment name (repeatable); default: all")

@@ -11,13 +11,13 @@ import time
 from typing import Optional, Sequence
 
 
-from eemlflow.cli import add_verbose, begin, print_error, progress_bar
+from eemlflow.cli import add_verbose, begin, print_error, prog, progress_bar
 from eemlflow.errors import EemlflowError
 from eemlflow.store.ingest import ingest, read_csv
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eemlflow.ingest",
+    p = argparse.ArgumentParser(prog=prog("eemlflow.ingest"),
                                 description="Import a study-schema CSV (or CodeCarbon's emissions.csv) into MLflow.")
     p.add_argument("path", help="the CSV file")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")

@@ -39,9 +39,11 @@ class RichReporter:
         self._epochs = self._batches = None
         self._cfg: Optional[TrainConfig] = None
 
-    def begin(self, cfg: TrainConfig, run_id: str, batches: int) -> None:
+    def begin(self, cfg: TrainConfig, run_id: str, batches: int, url: str = "") -> None:
         self._cfg = cfg
-        self.console.print(f"[bold]{cfg.run_name}[/] -> MLflow run {run_id}")
+        self.console.print(f"[bold]{cfg.run_name}[/] -> MLflow run {run_id}", highlight=False)
+        if url:
+            self.console.print(f"watch it: {url}", highlight=False, soft_wrap=True)
         if not self.live:
             return
         self._progress = Progress(

@@ -11,8 +11,11 @@ trained nothing that survives: it is counted as ``lost_energy_kwh`` on the run, 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Mapping, Optional
+
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -20,6 +23,7 @@ from eemlflow.errors import EemlflowError
 from eemlflow.store import schema
 from eemlflow.store.liveness import Heartbeat, staleness
 from eemlflow.training import TrainConfig
+from eemlflow.training.config import RESULT
 from eemlflow.training.checkpoint import (Checkpoint, checkpoint_path, device_change, differing_settings,
                                           load_checkpoint)
 
@@ -35,6 +39,34 @@ class ResumePoint:
     @property
     def earlier_segments(self) -> list[dict]:
         return list(self.checkpoint.extra.get("segments") or [])
+
+
+def resume_config(client: MlflowClient, given: Mapping[str, Optional[str]]) -> TrainConfig:
+    """The settings to resume the run ``given["resume"]`` with: those recorded on the run, with the ones given
+    (as raw strings; None or empty: not given) over them. A result-changing setting given with another value than
+    the run's is refused in one line naming it; execution settings (workers, data_dir, ...) and budgets may
+    change."""
+    run_id = (given.get("resume") or "").strip()
+    try:
+        params = client.get_run(run_id).data.params
+    except MlflowException:
+        raise EemlflowError(f"no run {run_id} in the tracking store at {client.tracking_uri}: check the run id "
+                            "(MLflow UI, or python -m eemlflow.runs stale)") from None
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    # A run that records no settings (not trained by eemlflow) is resumed with the given ones: its checkpoint, if
+    # any, is then checked against them like any other.
+    recorded = {k: v for k, v in params.items() if k in fields and k != "resume"}
+    told = {k: v for k, v in given.items() if v is not None and str(v).strip() != ""}
+    if not recorded:
+        return TrainConfig.from_strings(told)
+    before = TrainConfig.from_strings(recorded)
+    after = TrainConfig.from_strings({**recorded, **told})
+    changed = [f"{k} {getattr(after, k)!r} (the run's is {getattr(before, k)!r})" for k in told
+               if fields[k].metadata["kind"] == RESULT and getattr(after, k) != getattr(before, k)]
+    if changed:
+        raise EemlflowError(f"cannot resume run {run_id} with {', '.join(changed)}: a resumed run keeps the settings "
+                            "it was trained with; leave them out, or start a new run")
+    return after
 
 
 def prepare_resume(client: MlflowClient, cfg: TrainConfig, device_type: str) -> ResumePoint:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 class Reporter(Protocol):
     """What the runner tells a progress display; the CLI passes a rich one."""
 
-    def begin(self, cfg: TrainConfig, run_id: str, batches: int) -> None: ...
+    def begin(self, cfg: TrainConfig, run_id: str, batches: int, url: str) -> None: ...
     def batch(self, index: int, batches: int, loss: Optional[float], energy: Optional[EnergyReading]) -> None: ...
     def epoch(self, result: EpochResult, total: Optional[EnergyReading], projection: Optional[Projection]) -> None: ...
     def end(self) -> None: ...
@@ -63,6 +63,7 @@ class BudgetReached(Exception):
 class RunOutcome:
     run_id: str
     status: str
+    url: str = ""  # the run's page in the MLflow UI (training view)
     epochs: list[EpochResult] = field(default_factory=list)
     energy: Optional[EnergyResult] = None
     error: Optional[str] = None
@@ -100,7 +101,7 @@ def train_run(
     point = prepare_resume(client, cfg, device.type) if cfg.resume else None
 
     run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics, gpu_ids=gpu_ids)
-    outcome = RunOutcome(run.run_id, "RUNNING")
+    outcome = RunOutcome(run.run_id, "RUNNING", run.url)
     progress = _Progress(point)
     ckpt = checkpoint_path(cfg.checkpoint_dir, run.run_id)
     monitor: Optional[EnergyMonitor] = None
@@ -123,7 +124,7 @@ def train_run(
             projector = Projector(cfg.epochs, progress.epochs_done, progress.spent_before)
             heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()
             if reporter:
-                reporter.begin(cfg, run.run_id, len(recipe.train_loader))
+                reporter.begin(cfg, run.run_id, len(recipe.train_loader), run.url)
             def on_batch(i: int, n: int, loss: Optional[float]) -> None:
                 if reporter:
                     reporter.batch(i, n, loss, progress.whole_run(monitor.live()))

@@ -16,12 +16,12 @@ from typing import Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from eemlflow.cli import print_error, configure_logging
+from eemlflow.cli import configure_logging, print_error, prog
 from eemlflow.errors import EemlflowError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eemlflow.runs", description="Housekeeping of eemlflow runs.")
+    parser = argparse.ArgumentParser(prog=prog("eemlflow.runs"), description="Housekeeping of eemlflow runs.")
     commands = parser.add_subparsers(dest="command", required=True)
     replay = commands.add_parser("replay", help="put records kept locally during a store outage into the store")
     replay.add_argument("paths", nargs="+", help="spool files (checkpoints/<run_id>/unlogged-records.jsonl)")

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from rich.console import Console
 
 from eemlflow.cli import (EXIT_BUDGET, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, add_verbose, configure_logging,
-                          print_error)
+                          print_error, prog)
 from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
 from eemlflow.errors import EemlflowError
 from eemlflow.progress import RichReporter, format_energy
@@ -23,7 +23,7 @@ from eemlflow.progress import RichReporter, format_energy
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m eemlflow.train",
+        prog=prog("eemlflow.train"),
         description="Train a timm model with the study's recipe, measured by CodeCarbon, tracked in MLflow. "
         "An empty value means the default.",
     )
@@ -52,7 +52,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default_device_order()  # before torch sees a GPU: number them as NVML and nvidia-smi do
         from eemlflow.runner import train_run  # heavy imports (torch, timm, mlflow) after argument parsing
 
-        cfg = TrainConfig.from_strings(raw)
+        if (raw.get("resume") or "").strip():  # the run's own settings, with what was given over them
+            from eemlflow.resume import resume_config
+            from eemlflow.store import connect
+
+            cfg = resume_config(connect(args.tracking_uri), raw)
+        else:
+            cfg = TrainConfig.from_strings(raw)
         outcome = train_run(
             cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
             reporter=RichReporter(console),
@@ -70,8 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_UNLOGGED
     if outcome.stopped:
         option = "--" + BUDGET_SETTINGS[outcome.budget].replace("_", "-")
-        resume = (f"to go on, resume it with a larger budget: python -m eemlflow.train --resume {outcome.run_id} "
-                  f"{option} LARGER and its other settings as before" if outcome.checkpoint else
+        resume = (f"to go on, resume it with a larger budget: eemlflow train --resume {outcome.run_id} "
+                  f"{option} LARGER" if outcome.checkpoint else
                   f"no checkpoint keeps its epochs (none trained, or checkpoint_every=0): start a new run with a "
                   f"larger {option}")
         console.print(f"eemlflow: stopped by the {outcome.stopped} (run {outcome.run_id} marked KILLED); {resume}",
@@ -88,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         + (f"energy {format_energy(reading)} in {reading.duration_s:.1f} s" if reading else "energy not measured"),
         highlight=False, soft_wrap=True,
     )
+    console.print(f"see it: {outcome.url}", highlight=False, soft_wrap=True)
     return 0
 
 

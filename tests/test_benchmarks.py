@@ -15,17 +15,23 @@ def test_throughput_benchmark_smoke_run_on_cpu(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--models", "resnet18", "--img-size", "32",
          "--batch-size", "8", "--steps", "4", "--warmup", "1", "--device", "cpu", "--workers", "0",
-         "--json", str(out)],
+         "--overhead-pairs", "2", "--overhead-steps", "3", "--json", str(out)],
         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "images/s | J/image" in result.stdout and "resnet18" in result.stdout
-    figures = json.loads(out.read_text())["results"]["resnet18"]
+    assert "images/s | J/image GPU | J/image machine" in result.stdout and "resnet18" in result.stdout
+    payload = json.loads(out.read_text())
+    figures = payload["results"]["resnet18"]
+    assert set(payload["versions"]) >= {"torch", "timm", "mlflow", "codecarbon"}
     for variant in ("step", "faithful", "gpu-path", "fast"):
         assert figures[variant]["images"] == 32
-        for key in ("images_per_s", "j_per_image"):  # NaN and inf are not figures
+        for key in ("images_per_s", "j_per_image_machine"):  # NaN and inf are not figures
             assert math.isfinite(figures[variant][key]) and figures[variant][key] > 0, (variant, key)
-    assert math.isfinite(figures["tracking_overhead_pct"])  # may be negative on a noisy machine, never NaN
+        assert math.isnan(figures[variant]["j_per_image_gpu"])  # no GPU here: not measured, not zero
+    overhead = figures["tracking_overhead"]
+    assert len(overhead["pairs_pct"]) == 2 and overhead["steps_per_epoch"] == 3
+    assert overhead["min_pct"] <= overhead["median_pct"] <= overhead["max_pct"]  # may be negative, never NaN
+    assert all(math.isfinite(p) for p in overhead["pairs_pct"])
 
 
 def test_export_benchmark_smoke_run(tmp_path):

@@ -11,8 +11,11 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
+from eemlflow.training.recipe import build_recipe, train_loss_fn, train_step
 from eemlflow.training.device_data import DeviceLoader, sample_crop_boxes
 
 SIZE = 64
@@ -120,3 +123,42 @@ def test_horizontal_flip_happens_with_timms_probability():
     assert _flipped_fraction(0.0) == 0.0
     assert _flipped_fraction(1.0) == 1.0
     assert abs(_flipped_fraction(0.5) - 0.5) < 0.05
+
+
+class _Synchronising(TorchDispatchMode):
+    """Records every operation that makes the host wait for the device: a tensor read back as a Python number
+    (``.item()``, ``if tensor``), ``nonzero`` and boolean-mask gathers and scatters (their output size is data)."""
+
+    READ_BACK = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.nonzero.default",
+                 "aten.masked_select.default", "aten.masked_scatter_.default", "aten.masked_scatter.default",
+                 "aten.unique_consecutive.default", "aten._unique2.default"}
+    MASKED = {"aten.index.Tensor", "aten.index_put_.default", "aten.index_put.default", "aten._index_put_impl_.default"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if name in self.READ_BACK:
+            self.seen.append(name)
+        elif name in self.MASKED and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                         for i in (args[1] if len(args) > 1 else []) or []):
+            self.seen.append(f"{name} with a boolean mask")
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_on_the_device_data_path_never_waits_for_the_device():
+    cfg = TrainConfig(model="test_resnet", dataset="digits", batch_size=64, img_size=32, workers=0, data_path="gpu")
+    recipe = build_recipe(cfg, load_data("digits"), torch.device("cpu"))
+    loss_fn = train_loss_fn()
+    batches = iter(recipe.train_loader)
+    with _Synchronising() as mode:
+        x, y = next(batches)
+        train_step(recipe, loss_fn, x, y)
+    assert mode.seen == []
+    with _Synchronising() as mode:  # the detector itself: what the old path did, a mask tested and gathered
+        mask = x[:, 0, 0, 0] > 0
+        if mask.any():
+            x[mask].sum()
+    assert mode.seen == ["aten._local_scalar_dense.default", "aten.index.Tensor with a boolean mask"]

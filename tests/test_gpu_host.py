@@ -187,7 +187,7 @@ def test_a_sticky_device_error_ends_the_run_failed_with_the_error_and_the_energy
 
 
 class _StopAfterFirstEpoch:
-    def begin(self, cfg, run_id, batches): pass
+    def begin(self, cfg, run_id, batches, url): pass
     def batch(self, index, batches, loss, energy): pass
     def epoch(self, result, total, projection): raise KeyboardInterrupt
     def end(self): pass

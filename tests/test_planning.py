@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from eemlflow.runner import train_run
 from eemlflow.store.schema import EPOCH, STOPPED_TAG
 from eemlflow.training import TrainConfig
-from conftest import run_cli
+from conftest import REPO, cli_env, run_cli
 
 EPOCHS = 4
 TINY = TrainConfig(model="test_resnet", dataset="digits", epochs=EPOCHS, batch_size=32, img_size=32, workers=0)
@@ -75,12 +77,20 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
     assert f"--resume {run_id} --energy-budget-kwh LARGER" in line
     client = MlflowClient(store)
     assert client.get_run(run_id).info.status == "KILLED"
-    resumed = run_cli(["eemlflow.train", *tiny, "--resume", run_id, "--energy-budget-kwh", "1"], tracking_uri=store)
+    # The MLproject's resume entry point: the run id and the larger budget, nothing else (the checkpoints are in
+    # this folder, the launcher runs in the project's).
+    resumed = subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", "-e", "resume", "-P",
+                              f"run_id={run_id}", "-P", "energy_budget_kwh=1", "-P",
+                              f"checkpoint_dir={tmp_path / 'checkpoints'}"],
+                             cwd=tmp_path, env=cli_env(store), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and len(history(client, run_id, "train_loss")) == EPOCHS
     errors = history(client, run_id, EPOCH.projection_error_pct)
-    assert len(errors) == len(history(client, run_id, EPOCH.projected_energy_kwh)) >= 1 and abs(errors[-1]) < 1e-6
+    assert len(errors) == len(history(client, run_id, EPOCH.projected_energy_kwh)) >= 1
+    # After the last epoch nothing is left to project: only the close's last reading (CodeCarbon measures once more
+    # at its stop, later on a busy machine) is missing from that projection.
+    assert -1.0 < errors[-1] <= 0.0
 
 
 def test_a_forecast_trains_nothing_and_a_grid_budget_starts_no_cell_that_would_cross_it(store, tmp_path):

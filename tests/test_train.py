@@ -131,7 +131,7 @@ class _FailingReporter:
     """Raises after the first epoch: a fault in the middle of training injected through the reporter hook,
     since a real mid-training crash (GPU out of memory, a dying disk) cannot be caused on a CPU test box."""
 
-    def begin(self, cfg, run_id, batches): pass
+    def begin(self, cfg, run_id, batches, url): pass
     def batch(self, index, batches, loss, energy): pass
     def epoch(self, result, total, projection): raise RuntimeError("disk on fire")
     def end(self): pass

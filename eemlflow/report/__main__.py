@@ -7,14 +7,15 @@ import sys
 from typing import Optional, Sequence
 
 
-from eemlflow.cli import add_verbose, begin, print_error, progress_bar
+from eemlflow.cli import add_verbose, begin, print_error, prog, progress_bar
 from eemlflow.errors import EemlflowError
+from eemlflow.store.urls import run_url, ui_hint
 
 DEFAULT_OUTPUT = "report"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eemlflow.report",
+    p = argparse.ArgumentParser(prog=prog("eemlflow.report"),
                                 description="Write report.html (self-contained) and its PNG figures from an MLflow store.")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     p.add_argument("--experiment", action="append", help="experiment name (repeatable); default: all")
@@ -40,6 +41,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return print_error(console, f"cannot write the report into {args.output}: {e.strerror or e}")
     console.print(f"report: {path} (open it in a browser; it needs no network) and its figures beside it",
                   highlight=False, soft_wrap=True)
+    for name in experiments or []:
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            console.print(f"runs of {name}: {run_url(client.tracking_uri, found.experiment_id)}"
+                          f"{ui_hint(client.tracking_uri)}", highlight=False, soft_wrap=True)
     return 0
 
 

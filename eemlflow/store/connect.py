@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
+from eemlflow.store.urls import EXPERIMENT_KIND_TAG, TRAINING_KIND
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,8 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
     """The id of experiment ``name``, created if needed, also when another process creates it at the same time."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        try:
-            return client.create_experiment(name)
+        try:  # a training experiment: the UI shows it in its training view, not the GenAI one
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         except MlflowException as e:  # RESOURCE_ALREADY_EXISTS, or the database's UNIQUE constraint
             experiment = client.get_experiment_by_name(name)
             if experiment is None:

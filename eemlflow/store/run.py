@@ -32,6 +32,7 @@ from eemlflow.training.recipe import EpochResult
 from eemlflow.store import StoreWriter, experiment_id_for
 from eemlflow.store.connect import describe_store_error, no_http_retries
 from eemlflow.store.system_metrics import start_system_metrics
+from eemlflow.store.urls import EXPERIMENT_KIND_TAG, TRAINING_KIND, run_url, ui_hint
 from eemlflow.store.writer import spool_path_for, with_retries
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,23 @@ class TrainingRun:
         self.run_id = run_id
         self.writer = StoreWriter(client, run_id, spool_path_for(run_id, spool_root))
         self._system: Optional[SystemMetricsMonitor] = None
+        self.experiment_id = ""
+
+    @property
+    def url(self) -> str:
+        """The run's page in the MLflow UI's training view, with how to start the UI for a local store."""
+        return run_url(self.client.tracking_uri, self.experiment_id, self.run_id) + ui_hint(self.client.tracking_uri)
+
+    def _mark_training_experiment(self) -> None:
+        """Tag the experiment (``mlflow run``'s Default too) as a training one for the UI; a refusal only warns."""
+        try:
+            experiment = with_retries(lambda: self.client.get_experiment(self.experiment_id), "get_experiment")
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+                with_retries(lambda: self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG,
+                                                                    TRAINING_KIND), "set_experiment_tag")
+        except Exception as e:  # a READ-only user on a shared server: the run trains all the same
+            log.warning("experiment %s not tagged as a training experiment: %s", self.experiment_id,
+                        str(e).splitlines()[0][:200])
 
     @classmethod
     def open(cls, client: MlflowClient, cfg: TrainConfig, experiment_name: str = DEFAULT_EXPERIMENT,
@@ -86,6 +104,8 @@ class TrainingRun:
         except MlflowException as e:  # nothing has trained yet: a refusal here is the user's to fix
             raise EemlflowError(describe_store_error(e, client.tracking_uri)) from None
         run = cls(client, active.info.run_id, cfg.checkpoint_dir)
+        run.experiment_id = active.info.experiment_id
+        run._mark_training_experiment()
         run._log(tags={schema.RUN_NAME_TAG: cfg.run_name})
         if system_metrics:
             run._system = start_system_metrics(run.run_id, gpu_ids, client.tracking_uri, resume=bool(cfg.resume))

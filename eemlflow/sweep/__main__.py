@@ -24,10 +24,11 @@ if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
-from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, add_verbose, configure_logging, print_error
+from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, add_verbose, configure_logging, print_error, prog
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.store.schema import PARENT_RUN_TAG
+from eemlflow.store.urls import run_url, ui_hint
 from eemlflow.sweep.bookkeeping import cell_states, close_parent, log_forecast, open_parent
 from eemlflow.measure.gpu_ids import check_one_measurer
 from eemlflow.sweep.calibration_process import Forecasts, forecast_on
@@ -54,7 +55,7 @@ def dry_run(client: MlflowClient, grid: Grid, experiment_id: Optional[str], cons
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eemlflow.sweep", description="Run a grid of trainings as one resumable sweep.")
+    p = argparse.ArgumentParser(prog=prog("eemlflow.sweep"), description="Run a grid of trainings as one resumable sweep.")
     p.add_argument("grid", help="grid file, e.g. sweeps/ee-training.yaml")
     p.add_argument("--dry-run", nargs="?", const="true", default="false", help="list the cells and their state, train nothing")
     p.add_argument("--only", action="append", default=[], help="keep cells matching key=value[,key=value]")
@@ -148,6 +149,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console.print(f"sweep {grid.name}: {tally.done} trained, {tally.skipped} already done, {tally.retried} retries, "
                   f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
                   f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time{extra}", highlight=False, soft_wrap=True)
+    uri = mlflow.get_tracking_uri()
+    console.print(f"see it: {run_url(uri, experiment_id, parent_id)} (its cells nested under it){ui_hint(uri)}",
+                  highlight=False, soft_wrap=True)
     return EXIT_FAILED if tally.failed or tally.stopped or tally.over_budget else 0
 
 

@@ -15,11 +15,11 @@ import yaml
 
 from eemlflow.errors import EemlflowError
 from eemlflow.training import TrainConfig, check_available, check_model_name
+from eemlflow.training.config import BUDGET, EXECUTION, settings_of
 
 # Settings that do not change a cell's result (where data and checkpoints live, how fast, what to resume, and the
 # budgets: a run stopped by one is continued, not restarted, with a larger one).
-EXECUTION_ONLY = ("data_dir", "workers", "download", "checkpoint_every", "checkpoint_dir", "keep_checkpoint", "resume",
-                  "energy_budget_kwh", "emissions_budget_kg", "time_budget_s")
+EXECUTION_ONLY = settings_of(EXECUTION) + settings_of(BUDGET)
 
 
 @dataclass(frozen=True)

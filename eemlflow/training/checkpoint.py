@@ -24,15 +24,16 @@ import torch
 
 from eemlflow.atomic import atomic_write
 from eemlflow.errors import EemlflowError
-from eemlflow.training.config import TrainConfig
+from eemlflow.training.config import RESULT, TrainConfig, settings_of
 from eemlflow.training.device_data import DeviceLoader
 from eemlflow.training.recipe import Recipe
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
-# Settings that change what a run computes: resuming with any other value would splice two different runs.
-RESULT_SETTINGS = ("model", "dataset", "epochs", "batch_size", "lr", "img_size", "seed", "mode", "data_path",
-                   "compile", "country_iso_code")
+# Settings that change what a run computes or measures: resuming with any other value would splice two different
+# runs. ``device`` is checked as the kind of device the run lands on (``device_change``): auto and cuda on a GPU
+# host are the same device.
+RESULT_SETTINGS = tuple(k for k in settings_of(RESULT) if k != "device")
 
 
 @dataclass(frozen=True)

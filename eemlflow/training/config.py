@@ -25,34 +25,48 @@ DEFAULT_COUNTRY = "USA"
 BUDGET_SETTINGS = {"energy": "energy_budget_kwh", "emissions": "emissions_budget_kg", "time": "time_budget_s"}
 
 
+# What each setting is: it changes what a run computes or measures (a sweep cell's identity; a resumed run must keep
+# it), or only where and how fast it runs, or it is a budget (a stopped run is continued with a larger one).
+RESULT, EXECUTION, BUDGET = "result", "execution", "budget"
+
+
+def _setting(default: Any, kind: str) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": kind})
+
+
+def settings_of(kind: str) -> tuple[str, ...]:
+    """The ``TrainConfig`` fields of one kind (``RESULT``, ``EXECUTION`` or ``BUDGET``), in their order."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == kind)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. ``None`` means "not given": the recipe decides (lr from batch size, size from the model,
     data path from the mode) or the default applies (country), and the run records which."""
 
-    model: str = "resnet18"
-    dataset: str = "cifar10"
-    epochs: int = 50
-    batch_size: int = 128
-    lr: Optional[float] = None
-    img_size: Optional[int] = None
-    data_dir: str = "data"
-    device: str = "auto"
-    country_iso_code: Optional[str] = None
-    seed: int = 42
-    workers: int = 4
-    download: bool = False
-    measure_power_secs: float = 1.0
-    mode: str = "faithful"
-    data_path: Optional[str] = None
-    compile: bool = False
-    checkpoint_every: int = 1
-    checkpoint_dir: str = "checkpoints"
-    keep_checkpoint: bool = False
-    resume: Optional[str] = None
-    energy_budget_kwh: Optional[float] = None
-    emissions_budget_kg: Optional[float] = None
-    time_budget_s: Optional[float] = None
+    model: str = _setting("resnet18", RESULT)
+    dataset: str = _setting("cifar10", RESULT)
+    epochs: int = _setting(50, RESULT)
+    batch_size: int = _setting(128, RESULT)
+    lr: Optional[float] = _setting(None, RESULT)
+    img_size: Optional[int] = _setting(None, RESULT)
+    data_dir: str = _setting("data", EXECUTION)
+    device: str = _setting("auto", RESULT)
+    country_iso_code: Optional[str] = _setting(None, RESULT)
+    seed: int = _setting(42, RESULT)
+    workers: int = _setting(4, EXECUTION)
+    download: bool = _setting(False, EXECUTION)
+    measure_power_secs: float = _setting(1.0, RESULT)
+    mode: str = _setting("faithful", RESULT)
+    data_path: Optional[str] = _setting(None, RESULT)
+    compile: bool = _setting(False, RESULT)
+    checkpoint_every: int = _setting(1, EXECUTION)
+    checkpoint_dir: str = _setting("checkpoints", EXECUTION)
+    keep_checkpoint: bool = _setting(False, EXECUTION)
+    resume: Optional[str] = _setting(None, EXECUTION)
+    energy_budget_kwh: Optional[float] = _setting(None, BUDGET)
+    emissions_budget_kg: Optional[float] = _setting(None, BUDGET)
+    time_budget_s: Optional[float] = _setting(None, BUDGET)
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "model is empty: give a timm model name, e.g. resnet18")

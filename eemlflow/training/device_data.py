@@ -9,6 +9,11 @@ folded into the same affine map. Differences from PIL (documented, small): torch
 (a = -0.75, PIL -0.5), no antialiasing when a crop is larger than the output (CIFAR is always upscaled), and
 no uint8 rounding between jitter steps. The eval path is timm's resize(size / crop_pct) + centre crop,
 expressed as the equivalent centre box.
+
+Nothing here waits for the device: no ``.item()``, no ``if tensor``, no boolean-mask gather or scatter (each
+one stops the CPU from queueing work ahead of the GPU). Each image's bilinear or bicubic resize is chosen with
+``torch.where`` from both, which costs a second ``grid_sample`` and no synchronisation;
+``tests/test_gpu_data.py`` counts the synchronising operations of a training step and expects none.
 """
 
 from __future__ import annotations
@@ -113,6 +118,11 @@ class DeviceLoader:
         self.device, self.channels_last = device, channels_last
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        height, width = self.images.shape[2:]
+        scale_size = math.floor(self.size / crop_pct)
+        side_h, side_w = height * self.size / scale_size, width * self.size / scale_size
+        # The eval transform's one centre box, made once: a tensor built from Python numbers is a host copy.
+        self.eval_box = torch.tensor([(height - side_h) / 2, (width - side_w) / 2, side_h, side_w], device=device)
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -134,15 +144,10 @@ class DeviceLoader:
         """timm's train (random crop, flip, jitter) or eval (resize + centre crop) transform on a float batch."""
         n, _, height, width = x.shape
         if not self.is_training:
-            scale_size = math.floor(self.size / self.crop_pct)
-            side_h, side_w = height * self.size / scale_size, width * self.size / scale_size
-            box = torch.tensor([(height - side_h) / 2, (width - side_w) / 2, side_h, side_w], device=x.device)
-            return crop_resize(x, box.expand(n, 4), self.size, self.eval_mode)
+            return crop_resize(x, self.eval_box.expand(n, 4), self.size, self.eval_mode)
         boxes = sample_crop_boxes(n, height, width, self.generator, device=x.device)
         flip = torch.rand(n, generator=self.generator, device=x.device) < self.hflip
         bicubic = torch.rand(n, generator=self.generator, device=x.device) < 0.5  # timm's 'random' interpolation
-        out = torch.empty(n, x.shape[1], self.size, self.size, device=x.device, dtype=x.dtype)
-        for mask, mode in ((~bicubic, "bilinear"), (bicubic, "bicubic")):
-            if mask.any():
-                out[mask] = crop_resize(x[mask], boxes[mask], self.size, mode, flip[mask])
+        out = torch.where(bicubic.view(n, 1, 1, 1), crop_resize(x, boxes, self.size, "bicubic", flip),
+                          crop_resize(x, boxes, self.size, "bilinear", flip))
         return color_jitter(out, self.jitter, self.generator) if self.jitter > 0 else out
