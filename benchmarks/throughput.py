@@ -45,6 +45,7 @@ from rich.table import Table  # noqa: E402
 
 from eemlflow.measure.energy import EnergyMonitor  # noqa: E402
 from eemlflow.measure.gpu_ids import default_device_order, measured_gpu_ids  # noqa: E402
+from eemlflow.measure.units import J_PER_KWH  # noqa: E402
 from eemlflow.sweep import load_grid  # noqa: E402
 from eemlflow.training.config import TrainConfig  # noqa: E402
 from eemlflow.training.data import load_data  # noqa: E402
@@ -82,7 +83,7 @@ class EnergyMeter:
         if reading is None:
             return float("nan"), float("nan")
         gpu_kwh = reading.nvml_gpu_energy_kwh if reading.nvml_gpu_energy_kwh is not None else reading.gpu_energy_kwh
-        return (gpu_kwh * 3.6e6 if self.gpu else float("nan")), reading.energy_j
+        return (gpu_kwh * J_PER_KWH if self.gpu else float("nan")), reading.energy_j
 
     def close(self) -> None:
         self.monitor.stop(warn=False)

@@ -32,7 +32,7 @@ from codecarbon.output_methods.base_output import BaseOutput
 from codecarbon.output_methods.emissions_data import EmissionsData
 
 from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
-from eemlflow.measure.host_share import HostLedger
+from eemlflow.measure.host_share import Attribution, HostLedger
 from eemlflow.measure.nvml import GpuSet, compute_pids, gpu_names
 from eemlflow.measure.readings import (COUNTER_KEYS, EnergyReading, EnergyResult, Provenance, combine_segments)
 from eemlflow.measure.suspicion import suspicions
@@ -48,7 +48,6 @@ _CPU_METHODS = {
     "apple_powermetrics": "Apple powermetrics (measured)",
 }
 RAM_METHOD = "CodeCarbon estimate: 5 W per estimated DIMM (not measured)"
-SHARED_TRACKING_MODE = "machine-shared"  # the CSV's tracking_mode of a run charged a share of the machine
 
 
 class _Capture(BaseOutput):
@@ -71,64 +70,6 @@ class _Capture(BaseOutput):
         with self._lock:
             total, self.total = self.total, None
             return total
-
-
-class _Attribution:
-    """This process's CPU and RAM energy, each stretch between two readings charged at the training's share of
-    the host over that stretch (``HostLedger.share``)."""
-
-    def __init__(self, ledger: Optional[HostLedger]) -> None:
-        self.ledger = ledger
-        self.since = time.time()
-        self.raw = {"cpu_energy": 0.0, "ram_energy": 0.0}
-        self.charged = dict(self.raw)
-        self.shared = False
-
-    def update(self, values: dict) -> dict:
-        """CodeCarbon's cumulative ``values`` now, with the CPU and RAM energy charged to this training."""
-        now = time.time()
-        part = self.ledger.share(self.since, now) if self.ledger is not None else 1.0
-        self.shared = self.shared or part < 1.0
-        for key in self.raw:
-            raw = float(values.get(key) or 0.0)
-            self.charged[key] += (raw - self.raw[key]) * part
-            self.raw[key] = raw
-        self.since = now
-        return self.apply(values)
-
-    @property
-    def share(self) -> float:
-        """The share of the CPU and RAM energy measured so far that was charged (1.0 alone)."""
-        raw = sum(self.raw.values())
-        return sum(self.charged.values()) / raw if self.shared and raw > 0 else 1.0
-
-    def apply(self, values: dict) -> dict:
-        """``values`` with the charged CPU/RAM energy, the total, emissions and water scaled to match, and the
-        mean powers scaled like their energies. Unchanged, to the bit, while the training was alone."""
-        if not self.shared:
-            return dict(values)
-        removed = sum(self.raw[k] - self.charged[k] for k in self.raw)
-        total = float(values.get("energy_consumed") or 0.0)
-        ratio = (total - removed) / total if total > 0 else 1.0
-        changed = {**values, "energy_consumed": total - removed, "tracking_mode": SHARED_TRACKING_MODE}
-        for key in ("emissions", "emissions_rate", "water_consumed"):
-            changed[key] = float(values.get(key) or 0.0) * ratio
-        for energy, power in (("cpu_energy", "cpu_power"), ("ram_energy", "ram_power")):
-            changed[energy] = self.charged[energy]
-            if self.raw[energy] > 0:
-                changed[power] = float(values.get(power) or 0.0) * self.charged[energy] / self.raw[energy]
-        return changed
-
-    def describe(self) -> str:
-        if self.ledger is None:
-            return "whole machine: CodeCarbon's machine mode (host sharing off)"
-        if not self.ledger.available:
-            return f"whole machine: {self.ledger.description}, so concurrent trainings are each charged all of it"
-        if not self.shared:
-            return "whole machine: no other eemlflow training was measured on this host during the run"
-        return (f"shared: the host's CPU and RAM energy split equally among the eemlflow trainings measured on it at "
-                f"the same time (up to {self.ledger.max_concurrent} at once); this run was charged "
-                f"{self.share * 100:.1f} % of what CodeCarbon measured")
 
 
 class EnergyMonitor:
@@ -165,7 +106,7 @@ class EnergyMonitor:
         self._nvml: Optional[NvmlEnergyCounter] = None
         self._rapl: Optional[RaplEnergyCounter] = None
         self._counter_base: dict[str, Optional[float]] = {}
-        self._attribution = _Attribution(None)
+        self._attribution = Attribution(None)
         self._neighbours: set[tuple[int, int]] = set()
         self._last_record: Optional[dict] = None
         self._country_given = country_given
@@ -195,7 +136,7 @@ class EnergyMonitor:
         self._tracker.start()
         after = self._raw_counters()
         self._counter_base = _at(before, after, getattr(self._tracker, "_start_time", None))
-        self._attribution = _Attribution(HostLedger() if self._share_host else None)
+        self._attribution = Attribution(HostLedger() if self._share_host else None)
         first = self._snapshot()
         if first is None:
             self.failure = "CodeCarbon's tracker did not start (it logs its own error above)"
@@ -257,7 +198,7 @@ class EnergyMonitor:
         if final is None and self.failure is None:
             self.failure = "CodeCarbon's tracker returned no final measurement (it logs its own error above)"
             log.warning("energy tracking failed: %s", self.failure)
-        host = self._host_gpus()
+        host = GpuSet.of_names(gpu_names())  # every GPU of the host, measured or not
         record = None if self.failure else combine_segments(earlier_segments, final)
         for key in COUNTER_KEYS:  # a counter missing in any segment leaves the run without that figure
             values = [counters[key], *(seg.get(key) for seg in earlier_segments)]
@@ -295,9 +236,6 @@ class EnergyMonitor:
             measured = GpuSet(len(self.gpu_ids), "")
         values.update(gpu_count=measured.count, gpu_model=measured.model)
         return dataclasses.replace(data, **{k: v for k, v in values.items() if k in data.values})
-
-    def _host_gpus(self) -> GpuSet:
-        return GpuSet.of_names(gpu_names())
 
     def _check_neighbours(self) -> None:
         """Note every other process computing on a measured GPU (NVML's list), whose energy NVML counts too."""

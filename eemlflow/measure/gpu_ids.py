@@ -74,7 +74,7 @@ def measured_gpu_ids(device_type: str, torch_index: int = 0, torch_uuid: Optiona
     return nvml_indices(visible, torch_index, table)
 
 
-def check_one_measurer(entries: Sequence[str]) -> list[int]:
+def check_one_measurer(entries: Sequence[str]) -> None:
     """The physical GPUs of a ``--gpus`` list, refusing one named twice (also as two MIG slices of one GPU): two
     trainings on one GPU would each be charged the whole GPU's energy."""
     table = uuid_table()
@@ -86,7 +86,6 @@ def check_one_measurer(entries: Sequence[str]) -> list[int]:
             raise EemlflowError(f"--gpus names physical GPU {index} twice ({same}): NVML counts a whole GPU, so "
                                 "two cells on it would each be charged both trainings' energy; list each GPU once")
         seen[index] = entry
-    return list(seen)
 
 
 def default_device_order() -> None:

@@ -6,7 +6,8 @@ host-local ledger (a folder of small JSON files, one per training: pid, process 
 end). Over any stretch of time, a training is charged ``1 / k(t)`` of the CPU and RAM energy it measured, where
 ``k(t)`` is the number of ledger windows open at ``t``, itself included: the shares of concurrent trainings add
 up to one machine. A training alone has a share of exactly 1 and keeps CodeCarbon's figures unchanged. GPUs are
-not shared: each training measures only its own.
+not shared: each training measures only its own. ``Attribution`` applies the share to CodeCarbon's cumulative
+figures, reading by reading.
 
 A window whose process died without closing it ends at the ledger file's last touch (a thread touches it every
 ``TOUCH_S``). The ledger lives in ``EEMLFLOW_HOST_LEDGER``, else ``~/.cache/eemlflow/host-ledger``: every
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 LEDGER_ENV = "EEMLFLOW_HOST_LEDGER"
 TOUCH_S = 5.0  # how often a live training marks its window as still open
 KEEP_CLOSED_S = 2 * 86400.0  # closed windows older than this cannot overlap a live epoch any more: removed
+SHARED_TRACKING_MODE = "machine-shared"  # the CSV's tracking_mode of a run charged a share of the machine
 
 
 def ledger_folder() -> Path:
@@ -138,6 +140,64 @@ class HostLedger:
             self._write()
         except OSError as e:
             log.warning("host ledger: window not closed (%s)", e)
+
+
+class Attribution:
+    """This process's CPU and RAM energy, each stretch between two readings charged at the training's share of
+    the host over that stretch (``HostLedger.share``)."""
+
+    def __init__(self, ledger: Optional[HostLedger]) -> None:
+        self.ledger = ledger
+        self.since = time.time()
+        self.raw = {"cpu_energy": 0.0, "ram_energy": 0.0}
+        self.charged = dict(self.raw)
+        self.shared = False
+
+    def update(self, values: dict) -> dict:
+        """CodeCarbon's cumulative ``values`` now, with the CPU and RAM energy charged to this training."""
+        now = time.time()
+        part = self.ledger.share(self.since, now) if self.ledger is not None else 1.0
+        self.shared = self.shared or part < 1.0
+        for key in self.raw:
+            raw = float(values.get(key) or 0.0)
+            self.charged[key] += (raw - self.raw[key]) * part
+            self.raw[key] = raw
+        self.since = now
+        return self.apply(values)
+
+    @property
+    def share(self) -> float:
+        """The share of the CPU and RAM energy measured so far that was charged (1.0 alone)."""
+        raw = sum(self.raw.values())
+        return sum(self.charged.values()) / raw if self.shared and raw > 0 else 1.0
+
+    def apply(self, values: dict) -> dict:
+        """``values`` with the charged CPU/RAM energy, the total, emissions and water scaled to match, and the
+        mean powers scaled like their energies. Unchanged, to the bit, while the training was alone."""
+        if not self.shared:
+            return dict(values)
+        removed = sum(self.raw[k] - self.charged[k] for k in self.raw)
+        total = float(values.get("energy_consumed") or 0.0)
+        ratio = (total - removed) / total if total > 0 else 1.0
+        changed = {**values, "energy_consumed": total - removed, "tracking_mode": SHARED_TRACKING_MODE}
+        for key in ("emissions", "emissions_rate", "water_consumed"):
+            changed[key] = float(values.get(key) or 0.0) * ratio
+        for energy, power in (("cpu_energy", "cpu_power"), ("ram_energy", "ram_power")):
+            changed[energy] = self.charged[energy]
+            if self.raw[energy] > 0:
+                changed[power] = float(values.get(power) or 0.0) * self.charged[energy] / self.raw[energy]
+        return changed
+
+    def describe(self) -> str:
+        if self.ledger is None:
+            return "whole machine: CodeCarbon's machine mode (host sharing off)"
+        if not self.ledger.available:
+            return f"whole machine: {self.ledger.description}, so concurrent trainings are each charged all of it"
+        if not self.shared:
+            return "whole machine: no other eemlflow training was measured on this host during the run"
+        return (f"shared: the host's CPU and RAM energy split equally among the eemlflow trainings measured on it at "
+                f"the same time (up to {self.ledger.max_concurrent} at once); this run was charged "
+                f"{self.share * 100:.1f} % of what CodeCarbon measured")
 
 
 def _created(pid: int) -> Optional[float]:

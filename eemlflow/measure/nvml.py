@@ -112,16 +112,15 @@ def readings(index: int) -> dict[str, float]:
             ("power_usage_percentage", lambda: pynvml.nvmlDeviceGetPowerUsage(handle)
              / pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) * 100),
             ("utilization_percentage", lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
-            ("memory_usage_percentage", lambda: _memory(pynvml, handle)[0]),
-            ("memory_usage_megabytes", lambda: _memory(pynvml, handle)[1]),
             ("temperature_celsius", lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))):
         try:
             found[name] = float(read())
         except Exception:  # a reading this GPU does not support
             continue
+    try:
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)  # one read for both memory figures
+        found["memory_usage_percentage"] = round(memory.used / memory.total * 100, 1)
+        found["memory_usage_megabytes"] = memory.used / 1e6
+    except Exception:
+        pass
     return found
-
-
-def _memory(pynvml: Any, handle: Any) -> tuple[float, float]:
-    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-    return round(memory.used / memory.total * 100, 1), memory.used / 1e6

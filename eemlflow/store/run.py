@@ -25,6 +25,7 @@ import eemlflow
 from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
+from eemlflow.measure.nvml import open_nvml
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.measure.projection import Projection, projection_error_pct
 from eemlflow.errors import EemlflowError
@@ -311,10 +312,7 @@ def environment(device: Any) -> dict[str, str]:
         env["gpu.name"] = torch.cuda.get_device_name(device)
         env["gpu.count_visible"] = str(torch.cuda.device_count())
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            env["versions.gpu_driver"] = str(pynvml.nvmlSystemGetDriverVersion())
+            env["versions.gpu_driver"] = str(open_nvml().nvmlSystemGetDriverVersion())
         except Exception as e:  # NVML is optional: the run still trains without it
             env["versions.gpu_driver"] = f"unknown ({type(e).__name__})"
     return env
