@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import shutil
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +26,27 @@ def _in_a_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EEMLFLOW_HOST_LEDGER", str(tmp_path / "host-ledger"))
 
 
+@pytest.fixture(scope="session")
+def _empty_store_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store made once: creating one runs every schema migration (seconds), copying it is
+    instant. The tests of a truly fresh file (the README's command, eight writers at once) make their own."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> str:
-    """A tracking URI for an empty sqlite store in this test's folder."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(tmp_path: Path, _empty_store_file: Path) -> str:
+    """A tracking URI for an empty sqlite store in this test's folder (a copy of the empty template whose Default
+    experiment keeps its artifacts in this folder, as a store made here would)."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(_empty_store_file, path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   (str(tmp_path / "mlruns" / "0"),))
+    return f"sqlite:///{path}"
 
 
 def cli_env(tracking_uri: str | None = None) -> dict[str, str]:
@@ -56,3 +79,34 @@ def gpu_present() -> bool:
 def rapl_readable() -> bool:
     """Whether CodeCarbon can read the CPU's RAPL energy counter here (then CPU energy is measured)."""
     return any(os.access(p, os.R_OK) for p in Path("/sys/class/powercap").glob("intel-rapl*/energy_uj"))
+
+
+class StreamLines:
+    """A process's output read by a thread, so that waiting for a line can time out (``readline`` cannot)."""
+
+    def __init__(self, stream) -> None:
+        self._lines: "queue.Queue[str]" = queue.Queue()
+        self._thread = threading.Thread(target=lambda: [self._lines.put(l) for l in iter(stream.readline, "")],
+                                        daemon=True)
+        self._thread.start()
+        self.seen: list[str] = []
+
+    def wait_for(self, prefix: str, timeout: float) -> None:
+        """Return once a line starts with ``prefix``; fail after ``timeout`` s."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                self.seen.append(self._lines.get(timeout=max(0.0, deadline - time.time())))
+            except queue.Empty:
+                break
+            if self.seen[-1].startswith(prefix):
+                return
+        pytest.fail(f"no line starting {prefix!r} within {timeout} s: {''.join(self.seen)[-2000:]}")
+
+    def rest(self, timeout: float) -> str:
+        """Everything printed after the line waited for, up to the end of the stream."""
+        self._thread.join(timeout)
+        rest = []
+        while not self._lines.empty():
+            rest.append(self._lines.get())
+        return "".join(rest)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from pathlib import Path
 
 import pytest
+from codecarbon.output_methods.emissions_data import EmissionsData
 
 from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.measure.suspicion import suspicions
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.gpu_ids import nvml_indices
-from eemlflow.measure.counters import NvmlEnergyCounter
+from eemlflow.measure import counters
+from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
+from eemlflow.measure.readings import combine_segments
+from eemlflow.measure.units import UJ_PER_KWH
 from conftest import gpu_present, rapl_readable
 
 
@@ -139,3 +145,87 @@ def test_cuda_visible_devices_maps_to_the_nvml_index(visible, torch_index, expec
 def test_a_cuda_visible_devices_that_cannot_be_mapped_is_one_clear_error(visible, torch_index, message):
     with pytest.raises(EemlflowError, match=message):
         nvml_indices(visible, torch_index, UUIDS)
+
+
+def _record(**values) -> EmissionsData:
+    """A CodeCarbon record with the figures given and zeros elsewhere (a segment as a checkpoint keeps it)."""
+    text = {"timestamp", "project_name", "run_id", "experiment_id", "country_name", "country_iso_code", "region",
+            "cloud_provider", "cloud_region", "os", "python_version", "codecarbon_version", "cpu_model", "gpu_model",
+            "tracking_mode", "on_cloud"}
+    fields = {f.name: ("" if f.name in text else 0.0) for f in dataclasses.fields(EmissionsData)}
+    return EmissionsData(**{**fields, **values})
+
+
+def test_segments_sum_their_energy_and_weight_their_powers_by_duration():
+    earlier = [_record(duration=100.0, cpu_energy=1e-3, gpu_energy=4e-3, ram_energy=1e-4, energy_consumed=5.1e-3,
+                       emissions=2e-3, water_consumed=0.5, cpu_power=36.0, gpu_power=144.0, ram_power=3.6,
+                       gpu_utilization_percent=90.0, ram_used_gb=10.0, gpu_model="1 x old").values,
+               _record(duration=50.0, cpu_energy=5e-4, energy_consumed=5e-4, emissions=1e-4, cpu_power=36.0).values]
+    last = _record(duration=150.0, cpu_energy=2e-3, gpu_energy=1e-2, ram_energy=3e-4, energy_consumed=1.23e-2,
+                   emissions=4e-3, cpu_power=48.0, gpu_power=240.0, ram_power=7.2, gpu_utilization_percent=50.0,
+                   ram_used_gb=4.0, gpu_model="1 x NVIDIA H200", country_iso_code="FRA")
+    whole = combine_segments(earlier, last)
+    assert whole.duration == pytest.approx(300.0)
+    assert (whole.cpu_energy, whole.gpu_energy, whole.ram_energy) == pytest.approx((3.5e-3, 1.4e-2, 4e-4))
+    assert whole.energy_consumed == pytest.approx(1.79e-2) and whole.emissions == pytest.approx(6.1e-3)
+    assert whole.water_consumed == pytest.approx(0.5)
+    assert whole.cpu_power == pytest.approx((36 * 100 + 36 * 50 + 48 * 150) / 300)  # 42 W, not the mean 40 W
+    assert whole.gpu_power == pytest.approx((144 * 100 + 240 * 150) / 300)
+    assert whole.gpu_utilization_percent == pytest.approx((90 * 100 + 50 * 150) / 300)
+    assert whole.ram_used_gb == pytest.approx((10 * 100 + 4 * 150) / 300)
+    assert whole.emissions_rate == pytest.approx(6.1e-3 / 300)
+    assert (whole.gpu_model, whole.country_iso_code) == ("1 x NVIDIA H200", "FRA")  # the last segment's
+    assert combine_segments([], last) is last
+
+
+def _write(path: Path, value: int) -> None:
+    """One sysfs value, replaced at once (a real counter file never reads half-written)."""
+    part = path.with_suffix(".new")
+    part.write_text(f"{value}\n")
+    os.replace(part, path)
+
+
+def test_rapl_counts_the_packages_alone_and_their_wraps_between_and_within_readings(tmp_path, monkeypatch):
+    """A sysfs tree as Linux lays it out: two packages, a package's core sub-zone and the platform's psys zone
+    (neither is the CPU's package energy), counters that wrap at ``max_energy_range_uj``."""
+    def zone(name: str, label: str, uj: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "name").write_text(f"{label}\n")
+        (folder / "max_energy_range_uj").write_text("1000000\n")
+        _write(folder / "energy_uj", uj)
+        return folder / "energy_uj"
+
+    package0, package1 = zone("intel-rapl:0", "package-0", 900_000), zone("intel-rapl:1", "package-1", 0)
+    core, psys = zone("intel-rapl:0:0", "core", 10), zone("intel-rapl:2", "psys", 10)
+    monkeypatch.setattr(counters, "RAPL_POLL_S", 0.02)
+    rapl = RaplEnergyCounter(tmp_path)
+    try:
+        assert rapl.available and rapl.description == "RAPL package counters (measured), 2 package(s)"
+        _write(package0, 950_000), _write(package1, 30_000), _write(core, 999_999), _write(psys, 999_999)
+        assert rapl.read_kwh() * UJ_PER_KWH == pytest.approx(50_000 + 30_000)
+        _write(package0, 100_000)  # wrapped: 50 000 to the top, 100 000 after it
+        assert rapl.read_kwh() * UJ_PER_KWH == pytest.approx(80_000 + 150_000)
+        # Two readings far apart: the counter passes its last value again, which only the poller can see.
+        _write(package0, 300_000)
+        deadline = time.time() + 30
+        while rapl._last[0] != 300_000:  # the poller has read it
+            assert time.time() < deadline, "the RAPL poller never read the counter"
+            time.sleep(0.01)
+        _write(package0, 50_000)  # wrapped once more
+        deadline = time.time() + 30
+        while rapl._last[0] != 50_000:
+            assert time.time() < deadline, "the RAPL poller never read the counter"
+            time.sleep(0.01)
+        _write(package0, 200_000)  # above 100 000, where the last reading was: alone it would read +100 000
+        assert rapl.read_kwh() * UJ_PER_KWH == pytest.approx(230_000 + 200_000 + 750_000 + 150_000)
+    finally:
+        rapl.close()
+
+
+def test_rapl_without_readable_counters_says_why(tmp_path):
+    assert RaplEnergyCounter(tmp_path / "none").description.startswith("unavailable: no RAPL package counter")
+    (tmp_path / "intel-rapl:0").mkdir()
+    (tmp_path / "intel-rapl:0" / "name").write_text("package-0\n")  # no energy_uj to read
+    unreadable = RaplEnergyCounter(tmp_path)
+    assert not unreadable.available and "not readable" in unreadable.description and unreadable.read_kwh() is None

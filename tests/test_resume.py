@@ -18,32 +18,57 @@ from mlflow.tracking import MlflowClient
 from eemlflow.errors import EemlflowError
 from eemlflow.resume import prepare_resume
 from eemlflow.store.liveness import Heartbeat, process_alive, staleness
+from eemlflow.store.schema import HEARTBEAT_TAG
+from eemlflow.training.checkpoint import load_checkpoint
 from eemlflow.training import TrainConfig
-from conftest import cli_env, run_cli
+from conftest import StreamLines, cli_env, run_cli
 
 TINY = ["--model", "test_resnet", "--dataset", "digits", "--img-size", "32", "--workers", "0",
         "--measure-power-secs", "5", "--no-system-metrics"]
 BEAT = {"EEMLFLOW_HEARTBEAT_SECONDS": "1"}
 
 
-def train(store: str, cwd: Path, *args: str) -> subprocess.Popen:
+def train(store: str, cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "eemlflow.train", *TINY, *args], cwd=cwd,
-                            env={**cli_env(store), **BEAT}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            env={**cli_env(store), **BEAT, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_epochs(client: MlflowClient, n: int, proc: subprocess.Popen | None = None, timeout: float = 300):
-    """The run (of the store's only experiment besides Default) once ``n`` epochs are logged."""
+def wait_for_epochs(client: MlflowClient, n: int, proc: subprocess.Popen | None = None, timeout: float = 300,
+                    experiment: str | None = None):
+    """The run (of ``experiment``, or of any) once ``n`` epochs are logged."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         for exp in client.search_experiments():
+            if experiment is not None and exp.name != experiment:
+                continue
             for run in client.search_runs([exp.experiment_id]):
                 if len(client.get_metric_history(run.info.run_id, "train_loss")) >= n:
                     return run
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the training ended early: {proc.stdout.read()[-2000:]}")
+            pytest.fail(f"the training ended early: {proc.stdout.read()[-2000:] if proc.stdout else ''}")
         time.sleep(0.3)
     pytest.fail(f"no run logged {n} epochs in {timeout} s")
+
+
+def freeze_when(pid: int, ready, timeout: float = 300) -> None:
+    """Stop process ``pid`` (SIGSTOP) at a moment ``ready()`` holds, checked again once it is stopped: the state a
+    test kills it in is then the state it reads, whatever the machine's speed."""
+    def holds() -> bool:
+        try:
+            return bool(ready())
+        except Exception:  # e.g. the store locked by a write the stop caught half-way: let it go on
+            return False
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if holds():
+            os.kill(pid, signal.SIGSTOP)
+            if holds():
+                return
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+    pytest.fail(f"process {pid} never reached the state to stop it in within {timeout} s")
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -56,18 +81,42 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def segment_energy(segments: list[dict]) -> float:
+    return sum(float(seg.get("energy_consumed") or 0.0) for seg in segments)
+
+
 def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes(store, tmp_path):
     client = MlflowClient(store)
-    proc = train(store, tmp_path, "--epochs", "5", "--batch-size", "64")
-    run = wait_for_epochs(client, 2, proc)
-    run_id = run.info.run_id
+    one_thread = {"OMP_NUM_THREADS": "1"}  # the same arithmetic in every process, and the two side by side
+    whole = train(store, tmp_path, "--epochs", "5", "--batch-size", "64", "--experiment", "uninterrupted",
+                  env=one_thread)
+    proc = train(store, tmp_path, "--epochs", "5", "--batch-size", "64", "--experiment", "killed",
+                 "--measure-power-secs", "1", env=one_thread)
+    run_id = wait_for_epochs(client, 1, proc, experiment="killed").info.run_id
+    checkpoint_file = tmp_path / "checkpoints" / run_id / "checkpoint.pt"
 
     with pytest.raises(EemlflowError, match="is still being trained"):  # in-process: the training runs on meanwhile
         prepare_resume(client, TrainConfig(model="test_resnet", dataset="digits", epochs=5, batch_size=64,
                                            resume=run_id), "cpu")
 
+    def measured_past_its_checkpoint() -> bool:
+        """Two epochs or more checkpointed and no later one logged, and a heartbeat since with more energy than
+        the checkpoint holds: what the kill loses is then known (the beat's energy less the checkpoint's)."""
+        if not checkpoint_file.exists():
+            return False
+        saved = load_checkpoint(checkpoint_file)
+        run = client.get_run(run_id)
+        beat = Heartbeat.from_tag(run.data.tags.get(HEARTBEAT_TAG))
+        return (saved.epochs_done >= 2 and len(client.get_metric_history(run_id, "train_loss")) == saved.epochs_done
+                and beat is not None and beat.epoch == saved.epochs_done and beat.energy_kwh is not None
+                and beat.energy_kwh > segment_energy(saved.extra["segments"]))
+
+    freeze_when(proc.pid, measured_past_its_checkpoint)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
+    saved = load_checkpoint(checkpoint_file)
+    at_checkpoint_kwh = segment_energy(saved.extra["segments"])
+    beat = Heartbeat.from_tag(client.get_run(run_id).data.tags[HEARTBEAT_TAG])
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING"  # nobody told the store
     assert "is gone" in staleness(run)  # same host: the dead process id says so at once
@@ -86,27 +135,32 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
                                      "start a new run")
     assert client.get_run(run_id).info.status == "RUNNING"  # a refusal changes nothing
 
-    first_segment_kwh = sum(v for _, v in history(client, run_id, "epoch_energy/energy_kwh"))
     # The run id alone, through the one command: every other setting is the run's own.
     resumed = subprocess.run([str(Path(sys.executable).parent / "eemlflow"), "train", "--resume", run_id],
-                             cwd=tmp_path, env={**cli_env(store), **BEAT}, capture_output=True, text=True, timeout=600)
+                             cwd=tmp_path, env={**cli_env(store), **BEAT, **one_thread}, capture_output=True,
+                             text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["eemlflow.segments"] == "2"
     assert "eemlflow.segment.1" in run.data.tags and "eemlflow.segment.2" in run.data.tags
     for key in ("train_loss", "eval_top1", "epoch/lr", "epoch_energy/energy_kwh"):
         assert [step for step, _ in history(client, run_id, key)] == [1, 2, 3, 4, 5], key
-    assert run.data.metrics["energy_consumed"] > first_segment_kwh > 0
-    assert run.data.metrics["lost_energy_kwh"] >= 0
-    assert not (tmp_path / "checkpoints" / run_id / "checkpoint.pt").exists()  # removed once FINISHED
+    # The energy: the first segment as checkpointed plus all of the second, which trained the later epochs; what
+    # the first measured after its checkpoint is lost, kept apart. (Without the first segment the total would be
+    # the second's alone: its epochs and a start-up shorter than the first's two epochs.)
+    metrics = run.data.metrics
+    later = [v for step, v in history(client, run_id, "epoch_energy/energy_kwh") if step > saved.epochs_done]
+    later_s = [v for step, v in history(client, run_id, "epoch_energy/duration_s") if step > saved.epochs_done]
+    assert metrics["energy_consumed"] >= at_checkpoint_kwh + sum(later)
+    assert metrics["duration"] >= float(saved.extra["segments"][0]["duration"]) + sum(later_s)
+    assert metrics["lost_energy_kwh"] == pytest.approx(beat.energy_kwh - at_checkpoint_kwh) and \
+        metrics["lost_energy_kwh"] > 0
+    assert not checkpoint_file.exists()  # removed once FINISHED
 
     again = run_cli(["eemlflow.train", "--resume", run_id], tracking_uri=store, cwd=tmp_path)
     assert "is FINISHED" in one_error_line(again)
 
-    whole = subprocess.run([sys.executable, "-m", "eemlflow.train", *TINY, "--epochs", "5", "--batch-size", "64",
-                            "--experiment", "uninterrupted"], cwd=tmp_path, env=cli_env(store), capture_output=True,
-                           text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()[-2000:]
     [reference] = client.search_runs([client.get_experiment_by_name("uninterrupted").experiment_id])
     # On the CPU with workers=0 every generator is restored: the curves are equal bit for bit.
     for key in ("epoch/lr", "train_loss", "eval_loss", "eval_top1", "eval_top5"):
@@ -147,48 +201,86 @@ def csv_rows(store: str, cwd: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("kill_child", [True, False], ids=["sweep-and-child-killed", "sweep-alone-killed"])
 def test_a_killed_sweep_reruns_each_cell_once(store, tmp_path, kill_child):
     grid = tmp_path / "one.yaml"
-    epochs = 5 if kill_child else 12  # a surviving child must still be training when the rerun looks
-    grid.write_text(GRID.replace("epochs: 5", f"epochs: {epochs}"))
+    grid.write_text(GRID)
     client = MlflowClient(store)
     sweep = start_sweep(store, tmp_path, grid)
-    child_run = wait_for_epochs(client, 2, sweep)
+    child_run = wait_for_epochs(client, 2, sweep)  # epoch 1's checkpoint is written before epoch 2 is logged
+    child_pid = Heartbeat.from_tag(client.get_run(child_run.info.run_id).data.tags["eemlflow.heartbeat"]).pid
     sweep.send_signal(signal.SIGKILL)
     sweep.wait(timeout=60)
     if kill_child:  # the whole job lost (a node, a pre-empted instance): its training process too
-        beat = Heartbeat.from_tag(client.get_run(child_run.info.run_id).data.tags["eemlflow.heartbeat"])
-        os.kill(beat.pid, signal.SIGKILL)
-        while process_alive(beat.pid):
+        os.kill(child_pid, signal.SIGKILL)
+        while process_alive(child_pid):
             time.sleep(0.1)
-    rerun = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path, env=BEAT)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    else:  # the child lives on; held still until the rerun has seen it train, however fast this machine is
+        os.kill(child_pid, signal.SIGSTOP)
+    rerun_process = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid)], cwd=tmp_path,
+                                     env={**cli_env(store), **BEAT}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+    lines = StreamLines(rerun_process.stderr)
+    if not kill_child:
+        lines.wait_for("test_resnet-digits-e5-b64: run ", timeout=300)  # "... is being trained by a live process"
+        os.kill(child_pid, signal.SIGCONT)
+    assert rerun_process.wait(timeout=600) == 0, "".join(lines.seen) + lines.rest(timeout=30)
+    rerun = "".join(lines.seen) + lines.rest(timeout=30)
     runs = [r for r in client.search_runs([client.get_experiment_by_name("one-cell").experiment_id])
             if "eemlflow.cell_id" in r.data.tags]
     assert [r.info.run_id for r in runs] == [child_run.info.run_id]  # no second run for the cell
     assert runs[0].info.status == "FINISHED"
-    assert ("resuming run" in rerun.stderr) == kill_child, rerun.stderr[-2000:]
+    assert ("resuming run" in rerun) == kill_child, rerun[-2000:]
     if not kill_child:
-        assert "FINISHED by the process that was training it" in rerun.stderr
+        words = " ".join(rerun.split())
+        assert "is being trained by a live process; waiting for it" in words, rerun
+        assert "FINISHED by the process that was training it" in words, rerun
     steps = sorted(m.step for m in client.get_metric_history(child_run.info.run_id, "train_loss"))
-    assert steps == list(range(1, epochs + 1))
+    assert steps == list(range(1, 6))
     rows = csv_rows(store, tmp_path)
     assert list(rows["run_id"]) == [child_run.info.run_id]
 
 
-def test_a_sweep_started_with_sigint_ignored_stops_on_sigterm(store, tmp_path):
+def test_ctrl_c_stops_a_sweep_started_with_sigint_ignored(store, tmp_path):
     grid = tmp_path / "one.yaml"
     grid.write_text(GRID.replace("epochs: 5", "epochs: 50"))
     client = MlflowClient(store)
-    # As a shell without job control starts `cmd &`: SIGINT ignored, and inherited by what it starts.
+    # As a shell without job control starts `cmd &` (or nohup does): SIGINT ignored, and inherited by what it
+    # starts. The sweep takes SIGINT back, so Ctrl-C (or `kill -INT`) still stops it and its cell.
     sweep = start_sweep(store, tmp_path, grid, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     child_run = wait_for_epochs(client, 1, sweep)
-    sweep.send_signal(signal.SIGTERM)
-    stopped = time.time()
-    sweep.wait(timeout=120)
+    sweep.send_signal(signal.SIGINT)
+    try:
+        sweep.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        sweep.kill()
+        pytest.fail("SIGINT did not stop a sweep started with SIGINT ignored")
     assert sweep.returncode == 130, sweep.stderr.read()[-2000:]
-    assert time.time() - stopped < 60
     child = client.get_run(child_run.info.run_id)
     assert child.info.status == "KILLED" and child.data.tags["eemlflow.status"] == "KILLED"
     assert child.data.metrics["energy_consumed"] > 0
     assert len(client.get_metric_history(child.info.run_id, "train_loss")) < 50
     [parent] = [r for r in client.search_runs([child.info.experiment_id]) if "eemlflow.cell_id" not in r.data.tags]
     assert parent.info.status == "KILLED"
+
+
+def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settings_and_budgets(store):
+    from eemlflow.resume import resume_config
+    from eemlflow.store import connect
+    from eemlflow.store.run import TrainingRun
+    from eemlflow.training.config import BUDGET, EXECUTION, RESULT, settings_of
+    from eemlflow.training.data import load_data
+    from test_sweep import OTHER_CELL, SAME_CELL
+
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, batch_size=32, img_size=32, workers=0)
+    run = TrainingRun.open(connect(store), cfg, "recorded", system_metrics=False)
+    run.log_setup(cfg, load_data("digits"), "cpu", (3, 32, 32), {})  # the settings, recorded as a training does
+    run.finish("KILLED")
+    client = MlflowClient(store)
+    assert set(OTHER_CELL) == set(settings_of(RESULT))
+    for name, value in OTHER_CELL.items():  # each of the 13 result settings, given another value
+        with pytest.raises(EemlflowError, match=f"cannot resume run {run.run_id} with {name} "):
+            resume_config(client, {"resume": run.run_id, name: str(value)})
+    same = resume_config(client, {"resume": run.run_id, "epochs": "3", "lr": "", "model": None})
+    assert same.replace(resume=None) == cfg  # the recorded settings; equal or empty ones are not a change
+    for name, value in SAME_CELL.items():
+        if name != "resume":
+            assert getattr(resume_config(client, {"resume": run.run_id, name: str(value)}), name) == value, name
+    assert set(SAME_CELL) == set(settings_of(EXECUTION)) | set(settings_of(BUDGET))

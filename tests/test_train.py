@@ -25,7 +25,7 @@ from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.runner import RunOutcome, _close, train_run
 from eemlflow.store import connect
 from eemlflow.store.run import TrainingRun
-from conftest import REPO, cli_env, gpu_present, rapl_readable, run_cli
+from conftest import REPO, StreamLines, cli_env, gpu_present, rapl_readable, run_cli
 from cifar_files import write_cifar10
 
 
@@ -114,19 +114,6 @@ def test_fast_mode_learns_as_well_and_says_so(readme_run, store):
     assert (params["mode"], params["resolved_data_path"], params["precision"]) == ("fast", "gpu", "bf16")
 
 
-@pytest.mark.parametrize("mode, memory_format, dtype", [
-    ("fast", torch.channels_last, torch.bfloat16), ("faithful", torch.contiguous_format, torch.float32)])
-def test_the_recipe_trains_in_the_modes_memory_format_and_precision(mode, memory_format, dtype):
-    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=1, batch_size=32, img_size=32, workers=0,
-                      mode=mode, data_path="gpu")
-    recipe = build_recipe(cfg, load_data("digits"), torch.device("cpu"))
-    x, _ = next(iter(recipe.train_loader))
-    conv = next(m for m in recipe.model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert x.is_contiguous(memory_format=memory_format) and conv.weight.is_contiguous(memory_format=memory_format)
-    with recipe.autocast():
-        assert recipe.model(x).dtype == dtype
-
-
 class _FailingReporter:
     """Raises after the first epoch: a fault in the middle of training injected through the reporter hook,
     since a real mid-training crash (GPU out of memory, a dying disk) cannot be caused on a CPU test box."""
@@ -165,37 +152,6 @@ def test_a_signal_ends_the_run_killed_with_energy(store, tmp_path, sig):
     assert run.info.status == "KILLED" and run.data.tags["eemlflow.status"] == "KILLED"
     assert run.data.metrics["energy_consumed"] > 0 and run.data.metrics["duration"] > 0
     assert "energy.cpu_method" in run.data.tags
-
-
-class StreamLines:
-    """A process's output read by a thread, so that waiting for a line can time out (``readline`` cannot)."""
-
-    def __init__(self, stream) -> None:
-        self._lines: "queue.Queue[str]" = queue.Queue()
-        self._thread = threading.Thread(target=lambda: [self._lines.put(l) for l in iter(stream.readline, "")],
-                                        daemon=True)
-        self._thread.start()
-        self.seen: list[str] = []
-
-    def wait_for(self, prefix: str, timeout: float) -> None:
-        """Return once a line starts with ``prefix``; fail after ``timeout`` s."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                self.seen.append(self._lines.get(timeout=max(0.0, deadline - time.time())))
-            except queue.Empty:
-                break
-            if self.seen[-1].startswith(prefix):
-                return
-        pytest.fail(f"no line starting {prefix!r} within {timeout} s: {''.join(self.seen)[-2000:]}")
-
-    def rest(self, timeout: float) -> str:
-        """Everything printed after the line waited for, up to the end of the stream."""
-        self._thread.join(timeout)
-        rest = []
-        while not self._lines.empty():
-            rest.append(self._lines.get())
-        return "".join(rest)
 
 
 def test_an_interrupted_launcher_run_keeps_eemlflows_killed_status(store, tmp_path):

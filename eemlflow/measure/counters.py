@@ -116,7 +116,7 @@ class RaplEnergyCounter:
         while not self._stop.wait(RAPL_POLL_S):
             try:
                 self._advance()
-            except OSError:
+            except (OSError, ValueError):  # the counter went away or read garbage: readings say so
                 return
 
     def read_kwh(self) -> Optional[float]:

@@ -34,6 +34,7 @@ from codecarbon.output_methods.emissions_data import EmissionsData
 from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
 from eemlflow.measure.host_share import Attribution, HostLedger
 from eemlflow.measure.nvml import GpuSet, compute_pids, gpu_names
+from eemlflow.measure.read_clock import ReadClock
 from eemlflow.measure.readings import (COUNTER_KEYS, EnergyReading, EnergyResult, Provenance, combine_segments)
 from eemlflow.measure.suspicion import suspicions
 
@@ -106,6 +107,7 @@ class EnergyMonitor:
         self._nvml: Optional[NvmlEnergyCounter] = None
         self._rapl: Optional[RaplEnergyCounter] = None
         self._counter_base: dict[str, Optional[float]] = {}
+        self._clock = ReadClock()
         self._attribution = Attribution(None)
         self._neighbours: set[tuple[int, int]] = set()
         self._last_record: Optional[dict] = None
@@ -132,10 +134,11 @@ class EnergyMonitor:
         or more) and interpolated to the moment it took its own first reading."""
         self._nvml = NvmlEnergyCounter(self.gpu_ids) if self.gpu_ids else None
         self._rapl = RaplEnergyCounter()
+        self._clock.watch(self._tracker)
         before = self._raw_counters()
         self._tracker.start()
         after = self._raw_counters()
-        self._counter_base = _at(before, after, getattr(self._tracker, "_start_time", None))
+        self._counter_base = self._clock.at("start", before, after, getattr(self._tracker, "_start_time", None))
         self._attribution = Attribution(HostLedger() if self._share_host else None)
         first = self._snapshot()
         if first is None:
@@ -156,14 +159,20 @@ class EnergyMonitor:
         now = self._snapshot()
         return None if now is None else now - start
 
+    def _read_now(self) -> None:
+        """Make CodeCarbon read its hardware now, between the counters' two readings around it: its ``flush`` and
+        ``stop`` skip their own reading within 50 ms of one on its timer, which would fall outside them."""
+        measure = getattr(self._tracker, "_measure_power_and_energy", None)
+        if measure is not None and getattr(self._tracker, "_start_time", None) is not None:  # running
+            measure()
+
     def _raw_counters(self) -> tuple[float, dict[str, Optional[float]]]:
         """When (``time.perf_counter``, CodeCarbon's clock) and what the counters read since they were made, kWh."""
         return time.perf_counter(), {"nvml_gpu_energy_kwh": self._nvml.read_kwh() if self._nvml else None,
                                      "rapl_cpu_energy_kwh": self._rapl.read_kwh() if self._rapl else None}
 
-    def _counters(self, raw: Optional[dict[str, Optional[float]]] = None) -> dict[str, Optional[float]]:
+    def _counters(self, raw: dict[str, Optional[float]]) -> dict[str, Optional[float]]:
         """The hardware counters over the run window (kWh), by ``COUNTER_KEYS``; None where unavailable."""
-        raw = raw if raw is not None else self._raw_counters()[1]
         return {k: None if v is None or self._counter_base.get(k) is None else v - self._counter_base[k]
                 for k, v in raw.items()}
 
@@ -185,9 +194,11 @@ class EnergyMonitor:
         """
         self._wait_for_device(final=True)
         before = self._raw_counters()
+        self._read_now()
         self._tracker.stop()
         after = self._raw_counters()
-        counters = self._counters(_at(before, after, getattr(self._tracker, "_last_measured_time", None)))
+        counters = self._counters(self._clock.at("measure_power_and_energy", before, after,
+                                                 getattr(self._tracker, "_last_measured_time", None)))
         if self._rapl is not None:
             self._rapl.close()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
@@ -250,8 +261,12 @@ class EnergyMonitor:
             return None
         self._wait_for_device()
         self._capture.take()
+        before = self._raw_counters()
+        self._read_now()
         self._tracker.flush()
-        counters = self._counters()
+        after = self._raw_counters()
+        counters = self._counters(self._clock.at("measure_power_and_energy", before, after,
+                                                 getattr(self._tracker, "_last_measured_time", None)))
         data = self._capture.take()
         if data is None:
             self.failure = "CodeCarbon's tracker stopped reporting (flush returned nothing)"
@@ -302,14 +317,6 @@ class EnergyMonitor:
 
 
 _ZERO = EnergyReading(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-
-
-def _at(before: tuple[float, dict], after: tuple[float, dict], moment: Optional[float]) -> dict[str, Optional[float]]:
-    """The counters at ``moment`` (CodeCarbon's reading, ``time.perf_counter``), between two readings of them
-    around it: power is taken as steady over that short stretch. The midpoint when the moment is unknown."""
-    (t0, a), (t1, b) = before, after
-    f = 0.5 if moment is None or t1 <= t0 else min(1.0, max(0.0, (moment - t0) / (t1 - t0)))
-    return {k: None if a[k] is None or b[k] is None else a[k] + (b[k] - a[k]) * f for k in a}
 
 
 def _children() -> set[int]:

@@ -308,6 +308,8 @@ def environment(device: Any) -> dict[str, str]:
         "versions.python": platform.python_version(),
         "versions.cuda": str(torch.version.cuda or ""),
     }
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # which GPUs the launcher gave (a sweep: one a cell)
+        env["gpu.cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     if getattr(device, "type", "") == "cuda":
         env["gpu.name"] = torch.cuda.get_device_name(device)
         env["gpu.count_visible"] = str(torch.cuda.device_count())

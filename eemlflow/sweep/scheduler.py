@@ -113,6 +113,8 @@ class Sweep:
                     tally.left_running += 1
                 else:
                     watched[cell.cell_id] = (cell, state.run_id)
+                    self.console.print(f"{cell.config.run_name}: run {state.run_id} is being trained by a live "
+                                       "process; waiting for it (--skip-running leaves it)", highlight=False)
             else:
                 if state is not None and state.state == "failed" and \
                         self.client.get_run(state.run_id).info.status == "RUNNING":  # stale, nothing to resume

@@ -1,0 +1,66 @@
+"""When CodeCarbon read each piece of hardware: the moments the monitor's own counters are interpolated to.
+
+CodeCarbon stamps its clock (``_start_time``, ``_last_measured_time``) before or after reading all its hardware in
+turn, so on a busy machine its GPU reading lands tens of milliseconds away from either stamp: half a per cent of a
+4-second run, enough to make a short run's CodeCarbon-vs-counter comparison look off. ``ReadClock`` times
+CodeCarbon's own calls on its hardware objects instead, ``start`` (the first counter reading) and
+``measure_power_and_energy`` (every later one), and places each of the monitor's counters at the moment CodeCarbon
+read the same hardware. Imports only the standard library; it wraps CodeCarbon's objects, it does not import it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, Optional
+
+# Which of CodeCarbon's hardware classes reads the same thing as each of the monitor's counters.
+COUNTER_HARDWARE = {"nvml_gpu_energy_kwh": "GPU", "rapl_cpu_energy_kwh": "CPU"}
+Reading = tuple[float, dict[str, Optional[float]]]  # (time.perf_counter(), counter key -> kWh or None)
+
+
+class ReadClock:
+    """The latest moment (``time.perf_counter``) of each timed call, by hardware class name and call name."""
+
+    def __init__(self) -> None:
+        self._moments: dict[tuple[str, str], float] = {}
+
+    def watch(self, tracker: Any) -> None:
+        """Time ``tracker``'s hardware calls from now on. Makes its hardware objects first, which its ``start``
+        would do, so that the slow hardware detection is not inside the window the counters bracket."""
+        ready: Optional[Callable[[], None]] = getattr(tracker, "_ensure_hardware_ready", None)
+        if ready is not None:
+            ready()
+        for hardware in getattr(tracker, "_hardware", []):
+            kind = type(hardware).__name__
+            if kind in COUNTER_HARDWARE.values():
+                for name in ("start", "measure_power_and_energy"):
+                    self._time(hardware, kind, name)
+
+    def _time(self, hardware: Any, kind: str, name: str) -> None:
+        original = getattr(hardware, name, None)
+        if original is None:
+            return
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._moments[kind, name] = (began + time.perf_counter()) / 2
+
+        setattr(hardware, name, timed)
+
+    def at(self, call: str, before: Reading, after: Reading, fallback: Optional[float]) -> dict[str, Optional[float]]:
+        """The counters when CodeCarbon's ``call`` (``start`` or ``measure_power_and_energy``) last read their
+        hardware, between two readings of them around that moment: power is taken as steady over the short
+        stretch between them. ``fallback`` (CodeCarbon's own clock) is used for hardware whose calls were not
+        timed; the midpoint when neither is known."""
+        (t0, a), (t1, b) = before, after
+        values: dict[str, Optional[float]] = {}
+        for key in a:
+            moment = self._moments.get((COUNTER_HARDWARE.get(key, ""), call), fallback)
+            f = 0.5 if moment is None or t1 <= t0 else min(1.0, max(0.0, (moment - t0) / (t1 - t0)))
+            values[key] = None if a[key] is None or b[key] is None else a[key] + (b[key] - a[key]) * f
+        return values
