@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -121,17 +123,26 @@ def wait_for_epoch(client: MlflowClient, proc: subprocess.Popen, epoch: int, tim
     pytest.fail(f"the training did not log epoch {epoch}: {proc.communicate()[0][-2000:]}")
 
 
-def test_a_server_restart_mid_training_loses_no_epoch(tmp_path):
+def test_records_kept_during_a_server_outage_reach_it_when_it_is_back_mid_training(tmp_path):
     server = MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server").start()
     try:
-        proc = start_training(server.uri, tmp_path, "--epochs", "6")
+        proc = start_training(server.uri, tmp_path, "--epochs", "6", env={"EEMLFLOW_STORE_RETRY_SECONDS": "1"})
         run_id = wait_for_epoch(MlflowClient(server.uri), proc, 1)
         server.stop()
-        time.sleep(4)  # at least one epoch ends while the store is away
-        server.start()
+        spool = tmp_path / "checkpoints" / run_id / "unlogged-records.jsonl"
+        deadline = time.time() + 300
+        while not spool.exists():  # an epoch ended while the store was away: its records are kept locally
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGSTOP)  # held while the server restarts, so that epochs are left to send
+        try:
+            server.start()
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         out = proc.communicate(timeout=600)[0]
         assert proc.returncode == 0, out[-3000:]
-        assert "tracking store busy or away" in out  # the outage was seen and retried through
+        assert "tracking store busy or away" in out and "keeping this run's records in" in out  # retried, then kept
+        assert not spool.exists()  # emptied into the store once it was back, before the run ended
         client = MlflowClient(server.uri)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.metrics["energy_consumed"] > 0

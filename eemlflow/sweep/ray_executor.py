@@ -36,6 +36,7 @@ def check_tracking_uri(tracking_uri: str, nodes: int) -> None:
 def _train_cell(command: Sequence[str], env: dict[str, str], run_id: str, log_name: str) -> dict:
     """The Ray task: run one cell's training here, attach its output to the run, return how it ended."""
     import os
+    import shutil
     import signal
     import socket
     import subprocess
@@ -78,7 +79,9 @@ def _train_cell(command: Sequence[str], env: dict[str, str], run_id: str, log_na
         except Exception as e:  # the store out of reach must not hide the cell's result
             with open(log_path, "a") as out:
                 out.write(f"[eemlflow] could not attach this log to run {run_id}: {e}\n")
-    return {"returncode": process.returncode, "tail": last_line(log_path.read_text(errors="replace")), "host": host}
+        tail = last_line(log_path.read_text(errors="replace"))
+        shutil.rmtree(folder, ignore_errors=True)  # the log is on the run (or its tail in the result): keep nothing
+    return {"returncode": process.returncode, "tail": tail, "host": host}
 
 
 class RayTask:
