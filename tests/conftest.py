@@ -110,3 +110,25 @@ class StreamLines:
         while not self._lines.empty():
             rest.append(self._lines.get())
         return "".join(rest)
+
+
+@pytest.fixture
+def run_main(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """A command line's ``main(argv)`` called in this process, as ``run_cli`` runs it in its own: for the tests of
+    what a command computes and says (the process around it is tested once per command with ``run_cli``).
+    Returns a ``CompletedProcess`` (exit code, stdout, stderr); environment changes the call makes are undone."""
+    def call(main, args: list[str], tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+        saved = dict(os.environ)
+        if tracking_uri:  # as an option: an earlier in-process call may have set MLflow's own tracking URI
+            args = [*args, "--tracking-uri", tracking_uri]
+        capsys.readouterr()
+        try:
+            code = main(args)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return call

@@ -13,15 +13,15 @@ from conftest import REPO, cli_env
 def test_throughput_benchmark_smoke_run_on_cpu(tmp_path):
     out = tmp_path / "throughput.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--models", "resnet18", "--img-size", "32",
+        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--models", "test_resnet", "--img-size", "32",
          "--batch-size", "8", "--steps", "4", "--warmup", "1", "--device", "cpu", "--workers", "0",
          "--overhead-pairs", "2", "--overhead-steps", "3", "--json", str(out)],
         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "images/s | J/image GPU | J/image machine" in result.stdout and "resnet18" in result.stdout
+    assert "images/s | J/image GPU | J/image machine" in result.stdout and "test_resnet" in result.stdout
     payload = json.loads(out.read_text())
-    figures = payload["results"]["resnet18"]
+    figures = payload["results"]["test_resnet"]
     assert set(payload["versions"]) >= {"torch", "timm", "mlflow", "codecarbon"}
     for variant in ("step", "faithful", "gpu-path", "fast"):
         assert figures[variant]["images"] == 32

@@ -22,6 +22,8 @@ from eemlflow.store.export import collect_rows, write_csv
 from eemlflow.store.ingest import ingest, read_csv
 from eemlflow.runner import train_run
 from eemlflow.store import connect
+from eemlflow.export import main as export_main
+from eemlflow.ingest import main as ingest_main
 from conftest import cli_env, run_cli
 from services import MlflowServer
 
@@ -86,11 +88,11 @@ def test_round_trip_gives_the_file_back_value_for_value(store, tmp_path):
     assert typed(out) == typed(source)
 
 
-def test_ingesting_twice_adds_nothing(store, tmp_path):
+def test_ingesting_twice_adds_nothing(store, tmp_path, run_main):
     source = write_rows(tmp_path / "study.csv", study_rows(6))
-    result = run_cli(["eemlflow.ingest", str(source)], tracking_uri=store)
+    result = run_cli(["eemlflow.ingest", str(source)], tracking_uri=store)  # the command line, once
     assert result.returncode == 0 and "6 runs added" in result.stderr, result.stderr
-    again = run_cli(["eemlflow.ingest", str(source)], tracking_uri=store)
+    again = run_main(ingest_main, [str(source)], tracking_uri=store)
     assert again.returncode == 0 and "0 runs added, 6 already present" in again.stderr, again.stderr
     assert len(collect_rows(MlflowClient(store))) == 6
 
@@ -104,7 +106,7 @@ def test_ingesting_twice_adds_nothing(store, tmp_path):
     (lambda rows, header: ([*rows[:1], {**rows[1], "run_id": ""}], header), r":3: column run_id is empty"),
     ("ragged", r":4: 41 fields, the header has 42"),
 ])
-def test_a_bad_file_imports_nothing_and_names_line_and_column(store, tmp_path, mutate, message):
+def test_a_bad_file_imports_nothing_and_names_line_and_column(store, tmp_path, mutate, message, run_main):
     path = tmp_path / "bad.csv"
     if mutate == "ragged":  # a row that lost a field (a cell with an unquoted comma removed, say)
         write_rows(path, study_rows(4))
@@ -114,14 +116,14 @@ def test_a_bad_file_imports_nothing_and_names_line_and_column(store, tmp_path, m
     else:
         rows, header = mutate(study_rows(4), list(schema.COLUMN_NAMES))
         write_rows(path, [{k: r.get(k, "") for k in header} for r in rows], header)
-    result = run_cli(["eemlflow.ingest", str(path)], tracking_uri=store)
+    result = run_main(ingest_main, [str(path)], tracking_uri=store)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr
     if (tmp_path / "mlflow.db").exists():
         assert len(collect_rows(MlflowClient(store), statuses=("FINISHED", "RUNNING"))) == 0
 
 
-def test_codecarbons_own_emissions_csv_is_accepted(store, tmp_path):
+def test_codecarbons_own_emissions_csv_is_accepted(store, tmp_path, run_main):
     from codecarbon import OfflineEmissionsTracker
 
     tracker = OfflineEmissionsTracker(country_iso_code="FRA", output_dir=str(tmp_path), log_level="error",
@@ -129,15 +131,15 @@ def test_codecarbons_own_emissions_csv_is_accepted(store, tmp_path):
     tracker.start()
     time.sleep(1.2)
     tracker.stop()
-    result = run_cli(["eemlflow.ingest", str(tmp_path / "emissions.csv")], tracking_uri=store)
+    result = run_main(ingest_main, [str(tmp_path / "emissions.csv")], tracking_uri=store)
     assert result.returncode == 0 and "CodeCarbon emissions.csv): 1 runs added" in result.stderr, result.stderr
     [row] = collect_rows(MlflowClient(store)).to_dict("records")
     assert row["experiment_name"] == "codecarbon-import" and row["country_iso_code"] == "FRA"
     assert row["energy_consumed"] > 0 and row["model"] is None and row["eval_top1"] is None
 
 
-def test_export_of_trained_runs_skips_non_rows_and_filters_status(store, tmp_path):
-    cfg = TrainConfig(dataset="digits", epochs=1, img_size=32, workers=0, batch_size=64)
+def test_export_of_trained_runs_skips_non_rows_and_filters_status(store, tmp_path, run_main):
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=1, img_size=32, workers=0, batch_size=64)
     outcome = train_run(cfg, tracking_uri=store, experiment_name="trained", system_metrics=False)
     client = MlflowClient(store)
     parent = client.create_run(client.get_experiment_by_name("trained").experiment_id)  # e.g. a sweep's parent
@@ -155,14 +157,14 @@ def test_export_of_trained_runs_skips_non_rows_and_filters_status(store, tmp_pat
     [row] = typed(out)
     assert row["run_id"] == outcome.run_id and row["epochs"] == 1 and row["energy_consumed"] > 0
 
-    extras = run_cli(["eemlflow.export", "--experiment", "trained", "--status", "KILLED", "--with-extras",
-                      "--output", "-"], tracking_uri=store)
+    extras = run_main(export_main, ["--experiment", "trained", "--status", "KILLED", "--with-extras", "--output", "-"],
+                      tracking_uri=store)
     frame = pd.read_csv(io.StringIO(extras.stdout), keep_default_na=False)
     assert list(frame.columns[:42]) == list(schema.COLUMN_NAMES)
     assert sorted(frame["status"]) == ["FINISHED", "KILLED"]
     assert frame.loc[frame.status == "FINISHED", "mode"].item() == "faithful"
 
-    missing = run_cli(["eemlflow.export", "--experiment", "nope", "--output", str(out)], tracking_uri=store)
+    missing = run_main(export_main, ["--experiment", "nope", "--output", str(out)], tracking_uri=store)
     assert missing.returncode == 2 and "no experiment named 'nope'" in missing.stderr
 
 
@@ -192,32 +194,32 @@ def test_a_failed_export_leaves_the_previous_csv_intact(store, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_export_refuses_an_unknown_status_and_takes_several_experiments(store, tmp_path):
+def test_export_refuses_an_unknown_status_and_takes_several_experiments(store, tmp_path, run_main):
     rows = study_rows(6)  # experiments study-é, study-β, study-plain, two rows each
     ingest(connect(store), read_csv(write_rows(tmp_path / "s.csv", rows)))
-    bad = run_cli(["eemlflow.export", "--status", "DONE", "--output", "-"], tracking_uri=store)
+    bad = run_main(export_main, ["--status", "DONE", "--output", "-"], tracking_uri=store)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "unknown run status 'DONE'" in [l for l in bad.stderr.splitlines() if l.startswith("eemlflow: error:")][0]
-    two = run_cli(["eemlflow.export", "--experiment", "study-é", "--experiment", "study-plain", "--output", "-"],
-                  tracking_uri=store)
+    two = run_main(export_main, ["--experiment", "study-é", "--experiment", "study-plain", "--output", "-"],
+                   tracking_uri=store)
     assert two.returncode == 0, two.stderr
     frame = pd.read_csv(io.StringIO(two.stdout), keep_default_na=False)
     assert sorted(frame["experiment_name"]) == ["study-plain", "study-plain", "study-é", "study-é"]
 
 
-def test_ingest_into_a_named_experiment(store, tmp_path):
+def test_ingest_into_a_named_experiment(store, tmp_path, run_main):
     source = write_rows(tmp_path / "s.csv", study_rows(5))
-    result = run_cli(["eemlflow.ingest", str(source), "--experiment", "published"], tracking_uri=store)
+    result = run_main(ingest_main, [str(source), "--experiment", "published"], tracking_uri=store)
     assert result.returncode == 0 and "5 runs added" in result.stderr, result.stderr
     frame = collect_rows(MlflowClient(store))
     assert set(frame["experiment_name"]) == {"published"} and len(frame) == 5
 
 
-def test_a_spreadsheets_csv_with_a_byte_order_mark_is_accepted(store, tmp_path):
+def test_a_spreadsheets_csv_with_a_byte_order_mark_is_accepted(store, tmp_path, run_main):
     plain = write_rows(tmp_path / "plain.csv", study_rows(3))
     bom = tmp_path / "excel.csv"
     bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # what "CSV UTF-8" in a spreadsheet saves
-    result = run_cli(["eemlflow.ingest", str(bom)], tracking_uri=store)
+    result = run_main(ingest_main, [str(bom)], tracking_uri=store)
     assert result.returncode == 0 and "3 runs added" in result.stderr, result.stderr
     out = tmp_path / "out.csv"
     write_csv(collect_rows(MlflowClient(store)), out)
@@ -232,3 +234,16 @@ def test_export_and_ingest_through_a_live_mlflow_server(tmp_path):
         result = run_cli(["eemlflow.export", "--tracking-uri", server.uri, "--output", str(out)])
         assert result.returncode == 0, result.stderr
         assert typed(out) == typed(source)
+
+
+def test_export_warns_of_a_cell_exported_twice_naming_both_runs(store, tmp_path, run_main):
+    rows = study_rows(7)  # rows 0 and 6: the same model, dataset, epochs, batch size and lr
+    ingest(connect(store), read_csv(write_rows(tmp_path / "s.csv", rows)))
+    result = run_main(export_main, ["--output", str(tmp_path / "out.csv")], tracking_uri=store)
+    assert result.returncode == 0, result.stderr
+    warnings = [l for l in " ".join(result.stderr.split()).split("eemlflow: warning: ")[1:]]
+    assert len(warnings) == 1, result.stderr
+    twins = sorted(r["run_id"] for r in rows if r["model"] == "resnet18" and r["dataset"] == "cifar10")
+    assert len(twins) == 2 and "2 FINISHED runs share model=resnet18, dataset=cifar10, epochs=50" in warnings[0]
+    assert all(run_id in warnings[0] for run_id in twins) and "export one experiment with --experiment" in warnings[0]
+    assert len(typed(tmp_path / "out.csv")) == 7  # warned, not dropped: which to keep is the user's call

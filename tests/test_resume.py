@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -284,3 +285,41 @@ def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settin
         if name != "resume":
             assert getattr(resume_config(client, {"resume": run.run_id, name: str(value)}), name) == value, name
     assert set(SAME_CELL) == set(settings_of(EXECUTION)) | set(settings_of(BUDGET))
+
+
+def test_runs_stale_lists_and_marks_only_the_stale_runs_of_the_experiments_asked(store, capsys):
+    from eemlflow import runs as runs_command
+
+    client = MlflowClient(store)
+    here = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    now = time.time()
+    def running(experiment: str, beat: Heartbeat) -> str:
+        exp = client.get_experiment_by_name(experiment) or client.get_experiment(client.create_experiment(experiment))
+        run_id = client.create_run(exp.experiment_id).info.run_id
+        client.set_tag(run_id, HEARTBEAT_TAG, beat.to_tag())
+        return run_id
+    gone = running("a", Heartbeat(here, dead.pid, now, 2, 1e-4))  # this host, its process gone: stale at once
+    quiet = running("a", Heartbeat("elsewhere", 1, now - 1800, 3))  # another host, silent for 30 min
+    recent = running("a", Heartbeat("elsewhere", 1, now - 120, 1))  # another host, 2 min ago
+    alive = running("a", Heartbeat(here, os.getpid(), now - 3600, 1))  # this host, process alive: never stale
+    other = running("b", Heartbeat(here, dead.pid, now, 1))  # stale, but not in the experiment asked
+
+    assert runs_command.main(["stale", "--experiment", "a", "--older-than", "10m", "--tracking-uri", store]) == 0
+    listed = capsys.readouterr().out
+    assert "2 stale runs" in listed and gone in listed and quiet in listed, listed
+    assert recent not in listed and alive not in listed and other not in listed
+    assert {client.get_run(r).info.status for r in (gone, quiet)} == {"RUNNING"}  # listing changes nothing
+
+    assert runs_command.main(["stale", "--experiment", "a", "--older-than", "1m", "--mark-failed",
+                              "--tracking-uri", store]) == 0
+    assert "3 runs marked FAILED" in capsys.readouterr().err  # 2 min ago is stale after 1 min
+    for run_id in (gone, quiet, recent):
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED" and run.data.tags["eemlflow.status"] == "FAILED"
+        assert run.data.tags["eemlflow.error"].startswith("stale: ")
+    assert "is gone" in client.get_run(gone).data.tags["eemlflow.error"]
+    assert {client.get_run(r).info.status for r in (alive, other)} == {"RUNNING"}
+    assert runs_command.main(["stale", "--older-than", "soon", "--tracking-uri", store]) == 2  # one clear line
+    assert "not a duration: 'soon'" in capsys.readouterr().err

@@ -125,7 +125,7 @@ class _FailingReporter:
 
 
 def test_an_exception_mid_training_ends_the_run_failed_with_energy(store):
-    cfg = TrainConfig(dataset="digits", epochs=3, img_size=32, workers=0)
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, img_size=32, workers=0)
     outcome = train_run(cfg, tracking_uri=store, reporter=_FailingReporter(), system_metrics=False)
     assert outcome.status == "FAILED"
     _, run = only_run(store)
@@ -134,16 +134,16 @@ def test_an_exception_mid_training_ends_the_run_failed_with_energy(store):
     assert run.data.metrics["energy_consumed"] > 0 and run.data.metrics["train_loss"] > 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_ends_the_run_killed_with_energy(store, tmp_path, sig):
+def test_sigterm_ends_the_run_killed_with_energy(store, tmp_path):
+    """SIGTERM (a batch system's stop); Ctrl-C (SIGINT) is tested through the launcher below."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eemlflow.train", "--dataset", "digits", "--epochs", "50", "--img-size", "32",
-         "--workers", "0", "--no-system-metrics"],
+        [sys.executable, "-m", "eemlflow.train", "--model", "test_resnet", "--dataset", "digits", "--epochs", "50",
+         "--img-size", "32", "--workers", "0", "--no-system-metrics"],
         cwd=tmp_path, env=cli_env(store), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     lines = StreamLines(proc.stderr)
     lines.wait_for("epoch 1/50", timeout=300)
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     rest = lines.rest(timeout=30)
     assert proc.returncode == 130, "".join(lines.seen) + rest
@@ -191,6 +191,9 @@ BAD_INPUT = [
     (["--lr", "-1"], "lr must be a positive number"),
     (["--batch-size", "5000"], "batch_size 5000 is larger than the 1438 training images"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "cannot reach the MLflow tracking store"),
+    (["--tracking-uri", "foo://x"], "unsupported tracking URI 'foo://x'"),
+    (["--tracking-uri", "postgresql+psycopg2://u:secret@127.0.0.1:1/db"], "needs the database driver 'psycopg2'"),
+    (["--tracking-uri", "mysql://u@127.0.0.1:1/db"], "needs the database driver 'MySQLdb'"),
 ]
 
 
@@ -217,7 +220,7 @@ def test_bad_input_is_one_line_and_no_run(bad_input_results, case):
     assert proc.returncode == 2
     errors = [line for line in stderr.splitlines() if line.startswith("eemlflow: error:")]
     assert len(errors) == 1 and message in errors[0], stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and "secret" not in stderr  # a password in a URI is never printed
     if (folder / "mlflow.db").exists():
         client = MlflowClient(store)
         assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
@@ -294,3 +297,35 @@ def test_suspect_energy_is_flagged_on_the_run(store):
     _, stored = only_run(store)
     assert "gpu_energy is 0" in stored.data.tags["energy.suspect"]
     assert stored.data.metrics["energy_consumed"] > 0 and "energy.failure" not in stored.data.tags
+
+
+def test_a_kept_checkpoint_every_second_epoch_and_a_given_country(store, tmp_path):
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, batch_size=64, img_size=16, workers=0,
+                      checkpoint_every=2, keep_checkpoint=True, country_iso_code="FRA")
+    writes = []
+    outcome = train_run(cfg, tracking_uri=store, system_metrics=False, reporter=_CheckpointWatcher(tmp_path, writes))
+    assert outcome.status == "FINISHED"
+    kept = tmp_path / "checkpoints" / outcome.run_id / "checkpoint.pt"
+    assert kept.exists()  # kept after FINISHED, as asked
+    from eemlflow.training.checkpoint import load_checkpoint
+    assert load_checkpoint(kept).epochs_done == 2  # written after epoch 2 only: not after 1, nor after 3
+    assert writes == [None, 2, 2]  # what was on disk after each epoch
+    _, run = only_run(store)
+    assert run.data.tags["energy.country_source"] == "given" and run.data.params["country_iso_code"] == "FRA"
+    assert run.data.metrics["emissions"] > 0
+
+
+class _CheckpointWatcher:
+    """Notes, after each epoch, which epoch the checkpoint on disk holds (None: no checkpoint yet)."""
+
+    def __init__(self, folder: Path, writes: list) -> None:
+        self.folder, self.writes, self.run_id = folder, writes, None
+
+    def begin(self, cfg, run_id, batches, url): self.run_id = run_id
+    def batch(self, index, batches, loss, energy): pass
+    def end(self): pass
+
+    def epoch(self, result, total, projection):
+        from eemlflow.training.checkpoint import load_checkpoint
+        path = self.folder / "checkpoints" / self.run_id / "checkpoint.pt"
+        self.writes.append(load_checkpoint(path).epochs_done if path.exists() else None)

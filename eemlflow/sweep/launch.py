@@ -31,6 +31,7 @@ class Launcher(Protocol):
 
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
               gpu: Optional[str]) -> Handle: ...
+    def describe(self) -> str: ...
     def close(self) -> None: ...
 
 
@@ -91,6 +92,10 @@ class LocalLauncher:
             process = subprocess.Popen(list(command), env=full, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)  # Ctrl-C reaches it through the sweep only
         return LocalProcess(process, log_path)
+
+    def describe(self) -> str:
+        """Where the cells run, for the sweep's first line."""
+        return f"a process on GPU {', '.join(self.gpus)} each" if self.gpus else "a process on this machine each"
 
     def close(self) -> None:
         """Nothing to release."""

@@ -166,6 +166,11 @@ class RayLauncher:
 
         return RayTask(self._remote.options(**self.options).remote(list(command), env, run_id, Path(log_path).name))
 
+    def describe(self) -> str:
+        """Where the cells run, for the sweep's first line."""
+        gpu = " and 1 GPU" if "num_gpus" in self.options else ""
+        return f"Ray tasks of {self.options['num_cpus']:g} CPU{'s' if self.options['num_cpus'] != 1 else ''}{gpu} each"
+
     def close(self) -> None:
         """Leave the cluster (and stop the local Ray this launcher started)."""
         import ray

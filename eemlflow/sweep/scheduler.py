@@ -120,6 +120,8 @@ class Sweep:
                         self.client.get_run(state.run_id).info.status == "RUNNING":  # stale, nothing to resume
                     self._end(state.run_id, "FAILED", "stale: its process is gone and left no checkpoint here")
                 pending.append((cell, state.run_id if state is not None and state.state == "resumable" else None))
+        self.console.print(f"sweep {self.grid.name}: {len(pending) + len(watched)} cells to train, {len(self.slots)} "
+                           f"at a time ({self.launcher.describe()})", highlight=False)
         attempts: Counter = Counter()
         live = Live(self._table(tally, pending), console=self.console, refresh_per_second=2,
                     transient=True) if self.console.is_terminal else None
