@@ -17,7 +17,7 @@ import traceback
 from datetime import datetime, timezone
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import load_data
@@ -32,7 +32,7 @@ from eemlflow.training.models import check_model_name
 from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.store import connect
 from eemlflow.store.liveness import HeartbeatThread
-from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint
+from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint, unwrapped
 from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun, environment
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def train_run(
     outcome = RunOutcome(run.run_id, "RUNNING", run.url)
     progress = _Progress(point)
     ckpt = checkpoint_path(cfg.checkpoint_dir, run.run_id)
+    trained: Optional[Callable[[], None]] = None  # logs the trained model (log_model=true)
     monitor: Optional[EnergyMonitor] = None
     heartbeat: Optional[HeartbeatThread] = None
     interrupted: Optional[BaseException] = None
@@ -112,6 +113,8 @@ def train_run(
             run.log_segment(point.segment if point else 1, socket.gethostname(), os.getpid(),
                             datetime.now(timezone.utc).isoformat(timespec="seconds"))
             recipe = build_recipe(cfg, data, device)
+            trained = lambda: run.log_model(unwrapped(recipe.model), next(iter(recipe.eval_loader))[0],  # noqa: E731
+                                            cfg.register_as)
             if point is not None:
                 restore(recipe, point.checkpoint)
                 run.log_lost_energy(point.lost_energy_kwh)
@@ -172,7 +175,7 @@ def train_run(
             reporter.end()
         if heartbeat is not None:
             heartbeat.stop()
-        _close(run, monitor, outcome, progress.earlier)
+        _close(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None)
     if outcome.status == "FINISHED" and not cfg.keep_checkpoint:
         remove_checkpoint(ckpt)
     if interrupted is not None:
@@ -211,8 +214,9 @@ class _Progress:
 
 
 def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutcome,
-           earlier_segments: Sequence[dict] = ()) -> None:
-    """Log the energy measured so far (all segments) and end the run; signals are held off until this is done."""
+           earlier_segments: Sequence[dict] = (), log_model: Optional[Callable[[], None]] = None) -> None:
+    """Log the energy measured so far (all segments) and end the run; signals are held off until this is done.
+    A finished run's model (``log_model``) is logged after the energy is measured: it is not training."""
     with _signals_ignored():
         if monitor is not None:
             outcome.energy = monitor.stop(earlier_segments)
@@ -220,6 +224,8 @@ def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutco
             if outcome.status == "FINISHED" and outcome.energy.reading is not None:
                 run.log_projection_errors(outcome.energy.reading.energy_kwh, outcome.projections,
                                           resumed=bool(earlier_segments))
+        if outcome.status == "FINISHED" and log_model is not None:
+            log_model()
         run.finish(outcome.status, outcome.error, outcome.stopped)
         outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)
 

@@ -22,6 +22,7 @@ class Terminal:
 
     def __init__(self, folder: Path, command: list[str], env: dict[str, str]) -> None:
         self.socket = str(folder / "tmux.sock")
+        env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}  # the terminal's own size, not pytest's
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         line = f"cd {shlex.quote(str(folder))} && env {exports} {shlex.join(command)}; echo EXITED $?; sleep 600"
         subprocess.run(["tmux", "-S", self.socket, "new-session", "-d", "-x", "200", "-y", "50", line], check=True,
@@ -48,7 +49,7 @@ class Terminal:
 
 def test_a_training_in_a_terminal_shows_bars_eta_and_energy_so_far_and_projected(store, tmp_path):
     term = Terminal(tmp_path, [sys.executable, "-m", "eemlflow.train", "--model", "test_resnet", "--dataset",
-                               "digits", "--epochs", "3", "--img-size", "32", "--workers", "0", "--batch-size", "32",
+                               "digits", "--epochs", "3", "--img-size", "16", "--workers", "0", "--batch-size", "32",
                                "--no-system-metrics"], cli_env(store))
     try:
         during = term.wait_for(r"epoch 1/3 ")  # the first epoch's line, printed above the live bars
@@ -66,7 +67,7 @@ def test_a_training_in_a_terminal_shows_bars_eta_and_energy_so_far_and_projected
 
 def test_a_sweep_in_a_terminal_shows_its_live_table_with_eta_and_the_forecast_left(store, tmp_path):
     grid = tmp_path / "two.yaml"
-    grid.write_text("name: two\nexperiment: two\nsettings: {dataset: digits, epochs: 2, img_size: 32, workers: 0, "
+    grid.write_text("name: two\nexperiment: two\nsettings: {dataset: digits, epochs: 2, img_size: 16, workers: 0, "
                     "model: test_resnet, batch_size: 64}\ngrid:\n  - {seed: [1, 2]}\n")  # one shape: one calibration
     term = Terminal(tmp_path, [sys.executable, "-m", "eemlflow.sweep", str(grid), "--forecast", "run", "--no-report"],
                     cli_env(store))

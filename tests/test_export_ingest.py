@@ -139,7 +139,7 @@ def test_codecarbons_own_emissions_csv_is_accepted(store, tmp_path, run_main):
 
 
 def test_export_of_trained_runs_skips_non_rows_and_filters_status(store, tmp_path, run_main):
-    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=1, img_size=32, workers=0, batch_size=64)
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=1, img_size=16, workers=0, batch_size=64)
     outcome = train_run(cfg, tracking_uri=store, experiment_name="trained", system_metrics=False)
     client = MlflowClient(store)
     parent = client.create_run(client.get_experiment_by_name("trained").experiment_id)  # e.g. a sweep's parent

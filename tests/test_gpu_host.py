@@ -25,7 +25,7 @@ from eemlflow.training.config import TrainConfig
 from conftest import REPO
 from simgpu_host import MIGS, host_env, write_host
 
-TINY = ["--model", "test_resnet", "--dataset", "digits", "--batch-size", "64", "--img-size", "32", "--workers", "0"]
+TINY = ["--model", "test_resnet", "--dataset", "digits", "--batch-size", "64", "--img-size", "16", "--workers", "0"]
 
 
 def train_on(env: dict, cwd: Path, *args: str) -> subprocess.Popen:
@@ -136,7 +136,7 @@ def test_a_trainings_share_is_the_mean_of_one_over_the_trainings_open(others, a,
 
 def test_a_gpus_list_naming_one_gpu_twice_is_refused_and_the_forecast_calibrates_on_the_first(store, tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("name: g\nexperiment: g\nsettings: {dataset: digits, epochs: 1, img_size: 32, workers: 0}\n"
+    grid.write_text("name: g\nexperiment: g\nsettings: {dataset: digits, epochs: 1, img_size: 16, workers: 0}\n"
                     "grid:\n  - {model: [test_resnet], batch_size: [64]}\n")
     env = host_env(write_host(tmp_path, mig_on=1), store)
     sweep = [sys.executable, "-m", "eemlflow.sweep", str(grid)]
@@ -176,7 +176,7 @@ class _FailingSync:
 def test_a_sticky_device_error_ends_the_run_failed_with_the_error_and_the_energy(store, monkeypatch):
     sync = _FailingSync(good_calls=2)  # start and the first epoch's opening; the first epoch's end faults
     monkeypatch.setattr(runner, "synchronizer", lambda device: sync)
-    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=2, batch_size=64, img_size=32, workers=0)
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=2, batch_size=64, img_size=16, workers=0)
     outcome = train_run(cfg, tracking_uri=store, system_metrics=False)
     assert outcome.status == "FAILED" and sync.calls > 3  # the cleanup's synchronize faulted too
     [run] = all_runs(store)
@@ -194,7 +194,7 @@ class _StopAfterFirstEpoch:
 
 
 def test_a_checkpoint_trained_on_a_gpu_is_refused_on_the_cpu_and_the_run_is_left_as_it_was(store):
-    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, batch_size=64, img_size=32, workers=0)
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, batch_size=64, img_size=16, workers=0)
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, tracking_uri=store, reporter=_StopAfterFirstEpoch(), system_metrics=False)
     [run] = all_runs(store)

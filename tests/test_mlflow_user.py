@@ -49,7 +49,7 @@ def test_one_command_with_a_subcommand_per_job(tmp_path):
 
 def test_a_training_points_at_its_run_in_the_training_view_and_the_command_exports_as_the_module(store, tmp_path):
     trained = subprocess.run([EEMLFLOW, "train", "--model", "test_resnet", "--dataset", "digits", "--epochs", "1",
-                              "--img-size", "32", "--workers", "0", "--no-system-metrics", "--experiment", "ui"],
+                              "--img-size", "16", "--workers", "0", "--no-system-metrics", "--experiment", "ui"],
                              cwd=tmp_path, env=cli_env(store), capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     client = MlflowClient(store)

@@ -12,8 +12,8 @@ from eemlflow.store.schema import EPOCH, STOPPED_TAG
 from eemlflow.training import TrainConfig
 from conftest import REPO, cli_env, run_cli
 
-EPOCHS = 4
-TINY = TrainConfig(model="test_resnet", dataset="digits", epochs=EPOCHS, batch_size=32, img_size=32, workers=0)
+EPOCHS = 8  # room for a run up to 4x faster than the reference to still meet a 2-epoch budget
+TINY = TrainConfig(model="test_resnet", dataset="digits", epochs=EPOCHS, batch_size=32, img_size=16, workers=0)
 # budget setting -> (the per-epoch metric it limits, the run's total so far, the projection of the total)
 LIMITS = {
     "energy_budget_kwh": (EPOCH.energy_kwh, EPOCH.energy_so_far_kwh, EPOCH.projected_energy_kwh),
@@ -39,7 +39,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("setting", sorted(LIMITS))
 def test_a_budget_stops_the_run_before_the_epoch_that_would_cross_it(setting, reference, store, tmp_path):
     per_epoch = reference[setting]
-    budget = sum(per_epoch[:2])  # two epochs' worth: a run that measures alike stops after 1, 2 or 3 epochs
+    budget = sum(per_epoch[:2])  # two epochs' worth: stops after 1 to 7 epochs unless this run is 4x faster
     outcome = train_run(TINY.replace(**{setting: budget}), tracking_uri=store, system_metrics=False)
     assert outcome.status == "KILLED" and outcome.stopped and outcome.error is None
     done = len(outcome.epochs)
@@ -64,10 +64,10 @@ def test_a_budget_stops_the_run_before_the_epoch_that_would_cross_it(setting, re
 
 
 def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(reference, store, tmp_path):
-    tiny = ["--model", "test_resnet", "--dataset", "digits", "--epochs", str(EPOCHS), "--img-size", "32",
+    tiny = ["--model", "test_resnet", "--dataset", "digits", "--epochs", str(EPOCHS), "--img-size", "16",
             "--workers", "0", "--no-system-metrics"]
     per_epoch = reference["energy_budget_kwh"]
-    budget = per_epoch[0] + 0.5 * sum(per_epoch[1:]) / (EPOCHS - 1)  # one and a half epochs' worth
+    budget = sum(per_epoch[:2])  # two epochs' worth, as above
     stopped = run_cli(["eemlflow.train", *tiny, "--energy-budget-kwh", repr(budget)], tracking_uri=store)
     assert stopped.returncode == 4 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
     assert " INFO " not in stopped.stderr and "offline tracker init" not in stopped.stderr  # only with --verbose
@@ -97,7 +97,7 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
 
 def test_a_forecast_trains_nothing_and_a_grid_budget_starts_no_cell_that_would_cross_it(store, tmp_path):
     grid = tmp_path / "two.yaml"
-    grid.write_text("name: two\nexperiment: two\nsettings: {dataset: digits, epochs: 1, img_size: 32, workers: 0}\n"
+    grid.write_text("name: two\nexperiment: two\nsettings: {dataset: digits, epochs: 1, img_size: 16, workers: 0}\n"
                     "grid:\n  - {model: test_resnet, batch_size: 64, epochs: [1, 2]}\n")  # one shape, one calibration
     only = run_cli(["eemlflow.sweep", str(grid), "--forecast"], tracking_uri=store)
     assert only.returncode == 0, only.stderr[-2000:]

@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray", reason="the Ray executor's tests need `pip inst
 GRID = """
 name: tiny
 experiment: tiny-ray
-settings: {dataset: digits, epochs: 1, img_size: 32, workers: 0}
+settings: {dataset: digits, epochs: 1, img_size: 16, workers: 0}
 grid:
   - {model: test_resnet, batch_size: [32, 64]}
 """
@@ -74,7 +74,7 @@ def test_on_ray_a_failing_cell_is_retried_then_reported_and_ctrl_c_kills_the_res
     grid = tmp_path / "mixed.yaml"
     grid.write_text(f"""
 name: mixed
-settings: {{img_size: 32, workers: 0, model: test_resnet}}
+settings: {{img_size: 16, workers: 0, model: test_resnet}}
 grid:
   - {{dataset: cifar10, epochs: 1, data_dir: "{tmp_path / 'not-on-this-node'}"}}
   - {{dataset: digits, epochs: 40, batch_size: 64}}

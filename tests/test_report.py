@@ -6,6 +6,7 @@ import itertools
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -95,3 +96,41 @@ def test_the_report_has_every_figure_and_renders_in_a_real_browser(ingested, tmp
         dark = sum(grey.histogram()[:200])
         assert image.size == (1200, 1600) and dark > 0.01 * 1200 * 1600  # text and figures, not a blank page
         assert len(image.convert("RGB").getcolors(1 << 20) or []) > 50  # the figures' colours
+
+
+def _grid_rows(cells: list[tuple[str, str, int, int]]) -> pd.DataFrame:
+    """Report rows for the given (model, dataset, epochs, batch size) cells, each with an energy of its own."""
+    return pd.DataFrame([{"model": m, "dataset": d, "epochs": e, "batch_size": b,
+                          "energy_consumed": 1e-3 * (i + 1) * (1 + e / 100)} for i, (m, d, e, b) in enumerate(cells)])
+
+
+@pytest.mark.parametrize("size", [4, 195])
+def test_the_energy_figure_writes_every_cell_that_exists_and_no_other(size, tmp_path):
+    from eemlflow.report.figures import energy_by_model, energy_heatmap, energy_table, format_wh
+    from eemlflow.sweep import load_grid
+    from conftest import REPO
+
+    if size == 195:  # the study's own grid
+        cells = [(c.config.model, c.config.dataset, c.config.epochs, c.config.batch_size)
+                 for c in load_grid(REPO / "sweeps" / "ee-training.yaml").cells]
+    else:  # a sparse one: two models that share no setting
+        cells = [("resnet18", "cifar10", 50, 32), ("resnet18", "cifar10", 100, 128), ("vit_tiny", "cifar10", 75, 64),
+                 ("vit_tiny", "cifar100", 50, 32)]
+    assert len(cells) == size
+    rows = _grid_rows(cells)
+    for dataset, group in rows.groupby("dataset"):
+        table = energy_table(rows, dataset)
+        figure = energy_heatmap(table, dataset)
+        ax = figure.axes[0]
+        written = {t.get_position(): t.get_text() for t in ax.texts}
+        plotted = ax.images[0].get_array()
+        rows_shown = [t.get_text() for t in ax.get_yticklabels()]
+        columns_shown = [t.get_text() for t in ax.get_xticklabels()]
+        for _, cell in group.iterrows():  # every cell: at its model and (epochs, batch), its energy written in Wh
+            i, j = rows_shown.index(cell["model"]), columns_shown.index(f"e{cell['epochs']} b{cell['batch_size']}")
+            assert written[(j, i)] == format_wh(cell["energy_consumed"]), (cell.to_dict(), written[(j, i)])
+            assert plotted[i, j] == pytest.approx(cell["energy_consumed"])
+        assert len(written) == len(group) == int((~plotted.mask).sum())  # combinations never trained: blank
+        path = energy_by_model(rows, dataset, tmp_path)
+        with Image.open(path) as image:  # a valid PNG, wide enough for its columns
+            assert image.format == "PNG" and image.size[0] >= 60 * table.shape[1]

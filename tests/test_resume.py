@@ -24,7 +24,7 @@ from eemlflow.training.checkpoint import load_checkpoint
 from eemlflow.training import TrainConfig
 from conftest import StreamLines, cli_env, run_cli
 
-TINY = ["--model", "test_resnet", "--dataset", "digits", "--img-size", "32", "--workers", "0",
+TINY = ["--model", "test_resnet", "--dataset", "digits", "--img-size", "16", "--workers", "0",
         "--measure-power-secs", "5", "--no-system-metrics"]
 BEAT = {"EEMLFLOW_HEARTBEAT_SECONDS": "1"}
 
@@ -181,7 +181,7 @@ def test_a_run_without_a_checkpoint_is_refused(store, tmp_path):
 GRID = textwrap.dedent("""
     name: one
     experiment: one-cell
-    settings: {dataset: digits, img_size: 32, workers: 0, epochs: 5, batch_size: 64, measure_power_secs: 5}
+    settings: {dataset: digits, img_size: 16, workers: 0, epochs: 5, batch_size: 64, measure_power_secs: 5}
     grid:
       - {model: test_resnet}
 """)
@@ -270,7 +270,7 @@ def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settin
     from eemlflow.training.data import load_data
     from test_sweep import OTHER_CELL, SAME_CELL
 
-    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, batch_size=32, img_size=32, workers=0)
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, batch_size=32, img_size=16, workers=0)
     run = TrainingRun.open(connect(store), cfg, "recorded", system_metrics=False)
     run.log_setup(cfg, load_data("digits"), "cpu", (3, 32, 32), {})  # the settings, recorded as a training does
     run.finish("KILLED")
@@ -281,9 +281,10 @@ def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settin
             resume_config(client, {"resume": run.run_id, name: str(value)})
     same = resume_config(client, {"resume": run.run_id, "epochs": "3", "lr": "", "model": None})
     assert same.replace(resume=None) == cfg  # the recorded settings; equal or empty ones are not a change
-    for name, value in SAME_CELL.items():
+    for name, changes in SAME_CELL.items():
         if name != "resume":
-            assert getattr(resume_config(client, {"resume": run.run_id, name: str(value)}), name) == value, name
+            given = {"resume": run.run_id, **{k: str(v) for k, v in changes.items()}}
+            assert getattr(resume_config(client, given), name) == changes[name], name
     assert set(SAME_CELL) == set(settings_of(EXECUTION)) | set(settings_of(BUDGET))
 
 

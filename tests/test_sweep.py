@@ -20,7 +20,7 @@ from conftest import REPO, cli_env, run_cli
 GRID = """
 name: tiny
 experiment: tiny-sweep
-settings: {dataset: digits, epochs: 1, img_size: 32, workers: 0, measure_power_secs: 5}
+settings: {dataset: digits, epochs: 1, img_size: 16, workers: 0, measure_power_secs: 5}
 grid:
   - {model: test_resnet, batch_size: [32, 64]}
 """
@@ -94,7 +94,7 @@ def test_a_failing_cell_is_retried_then_reported_while_the_others_finish(store, 
     grid = tmp_path / "broken.yaml"
     grid.write_text(textwrap.dedent(f"""
         name: broken
-        settings: {{epochs: 1, img_size: 32, workers: 0, data_dir: "{tmp_path / 'data'}"}}
+        settings: {{epochs: 1, img_size: 16, workers: 0, data_dir: "{tmp_path / 'data'}"}}
         grid:
           - {{model: test_resnet, dataset: cifar10, batch_size: 16}}
           - {{model: test_resnet, dataset: digits, batch_size: 64}}
@@ -165,7 +165,7 @@ def test_dry_run_of_the_study_lists_195_pending_cells(store, tmp_path):
 # SIGTERM (a batch system's stop); Ctrl-C is tested with a launch that ignores SIGINT in tests/test_resume.py.
 def test_a_stopped_sweep_kills_the_running_cell_starts_no_other_and_resumes(store, tmp_path):
     grid = tmp_path / "long.yaml"
-    grid.write_text("name: long\nsettings: {dataset: digits, img_size: 32, workers: 0, epochs: 6, "
+    grid.write_text("name: long\nsettings: {dataset: digits, img_size: 16, workers: 0, epochs: 3, "
                     "measure_power_secs: 5}\ngrid:\n  - {model: test_resnet, batch_size: [32, 64]}\n")
     proc = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid)], cwd=tmp_path, env=cli_env(store),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -199,11 +199,14 @@ def test_a_stopped_sweep_kills_the_running_cell_starts_no_other_and_resumes(stor
     assert same_parent.data.metrics["sweep_done"] == 2 and same_parent.data.metrics["sweep_resumed"] == 1
 
 
-# Every setting, by hand (not from the code's own lists): a value that leaves the cell alone, or one that makes
+# Every setting, by hand (not from the code's own lists): a change that leaves the cell alone, or one that makes
 # another cell. A new setting must be put in one of the two.
-SAME_CELL = {"data_dir": "/elsewhere", "workers": 16, "download": True, "checkpoint_every": 5,
-             "checkpoint_dir": "/scratch/ckpt", "keep_checkpoint": True, "resume": "0" * 32,
-             "energy_budget_kwh": 0.5, "emissions_budget_kg": 0.1, "time_budget_s": 600.0}
+SAME_CELL = {"data_dir": {"data_dir": "/elsewhere"}, "workers": {"workers": 16}, "download": {"download": True},
+             "checkpoint_every": {"checkpoint_every": 5}, "checkpoint_dir": {"checkpoint_dir": "/scratch/ckpt"},
+             "keep_checkpoint": {"keep_checkpoint": True}, "resume": {"resume": "0" * 32},
+             "energy_budget_kwh": {"energy_budget_kwh": 0.5}, "emissions_budget_kg": {"emissions_budget_kg": 0.1},
+             "time_budget_s": {"time_budget_s": 600.0}, "log_model": {"log_model": True},
+             "register_as": {"log_model": True, "register_as": "digits-resnet"}}
 OTHER_CELL = {"model": "resnet34", "dataset": "cifar10", "epochs": 4, "batch_size": 64, "lr": 0.3, "img_size": 64,
               "device": "cpu", "country_iso_code": "FRA", "seed": 1, "measure_power_secs": 5.0, "mode": "fast",
               "data_path": "gpu", "compile": True}
@@ -214,8 +217,8 @@ def test_a_cells_key_ignores_where_and_how_fast_it_runs_and_its_budgets_but_noth
 
     assert set(SAME_CELL) | set(OTHER_CELL) == {f.name for f in dataclasses.fields(TrainConfig)}
     base = Cell(TrainConfig(model="resnet18", dataset="digits", epochs=3))
-    for name, value in SAME_CELL.items():
-        assert Cell(base.config.replace(**{name: value})).cell_id == base.cell_id, name
+    for name, changes in SAME_CELL.items():
+        assert Cell(base.config.replace(**changes)).cell_id == base.cell_id, name
     for name, value in OTHER_CELL.items():
         assert Cell(base.config.replace(**{name: value})).cell_id != base.cell_id, name
     # The default country is the cell that names it: a grid that adds `country_iso_code: USA` keeps its runs.

@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 DPI = 110
@@ -57,39 +58,53 @@ def pareto_plot(runs: pd.DataFrame, dataset: str, folder: Path) -> Optional[Path
 
 
 def energy_by_model(runs: pd.DataFrame, dataset: str, folder: Path) -> Optional[Path]:
-    """Energy per model at each batch size (grouped bars, kWh, log scale), one panel per epoch count."""
-    rows = runs[(runs["dataset"] == dataset) & runs["energy_consumed"].notna()]
-    if rows.empty:
+    """One dataset's energy per model, epoch count and batch size as a heat map (``energy_heatmap``)."""
+    table = energy_table(runs, dataset)
+    if table.empty:
         return None
-    epochs = sorted(int(e) for e in rows["epochs"].dropna().unique())
-    models = sorted(rows["model"].dropna().unique())
-    batches = sorted(int(b) for b in rows["batch_size"].dropna().unique())
-    fig, axes = plt.subplots(1, len(epochs), figsize=(max(6, 0.55 * len(models) * len(epochs) + 2), 4.8),
-                             sharey=True, squeeze=False)
-    width = 0.8 / max(len(batches), 1)
-    colours = {b: plt.get_cmap("tab10").colors[j % 10] for j, b in enumerate(batches)}
-    energies = rows["energy_consumed"].astype(float)
-    for ax, epoch_count in zip(axes[0], epochs):
-        panel = rows[rows["epochs"] == epoch_count]
-        for j, batch in enumerate(batches):
-            mean = panel[panel["batch_size"] == batch].groupby("model")["energy_consumed"].apply(
-                lambda v: v.astype(float).mean())
-            xs = [i + (j - (len(batches) - 1) / 2) * width for i, m in enumerate(models) if m in mean]
-            ax.bar(xs, [mean[m] for m in models if m in mean], width=width, color=colours[batch],
-                   label=f"batch {batch}")
-        ax.set_xticks(range(len(models)))
-        ax.set_xticklabels(models, rotation=60, ha="right", fontsize=7)
-        ax.set_yscale("log")
-        ax.set_title(f"{epoch_count} epochs", fontsize=9)
-        ax.grid(True, axis="y", which="both", alpha=0.3)
-    positive = energies[energies > 0]
-    if len(positive):  # bars on a log axis need a floor below the smallest
-        axes[0][0].set_ylim(positive.min() / 3, positive.max() * 1.5)
-    axes[0][0].set_ylabel("energy consumed (kWh, log scale)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[b]) for b in batches]
-    axes[0][-1].legend(handles, [f"batch {b}" for b in batches], fontsize=7)
-    fig.suptitle(f"{dataset}: energy per model, batch size and epoch count")
-    return _save(fig, folder / f"energy_by_model_{dataset}.png")
+    return _save(energy_heatmap(table, dataset), folder / f"energy_by_model_{dataset}.png")
+
+
+def energy_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Mean energy (kWh) of one dataset's runs: a row per model, a column per (epochs, batch size) that exists."""
+    rows = runs[(runs["dataset"] == dataset) & runs["energy_consumed"].notna()].copy()
+    if rows.empty:
+        return pd.DataFrame()
+    rows["energy_consumed"] = rows["energy_consumed"].astype(float)
+    rows["epochs"] = rows["epochs"].astype(int)
+    rows["batch_size"] = rows["batch_size"].astype(int)
+    return rows.pivot_table(index="model", columns=["epochs", "batch_size"], values="energy_consumed",
+                            aggfunc="mean").sort_index().sort_index(axis=1)
+
+
+def energy_heatmap(table: pd.DataFrame, dataset: str):
+    """The figure of ``energy_table``: a cell per model and (epochs, batch size), coloured on a log scale, its
+    energy written in it (Wh); combinations never trained stay blank. Legible from 1 cell to the study's 14 x 9."""
+    from matplotlib.colors import LogNorm
+
+    values = table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.0 * table.shape[1] + 3), max(2.5, 0.42 * table.shape[0] + 1.6)))
+    positive = values[np.isfinite(values) & (values > 0)]
+    norm = LogNorm(positive.min(), positive.max()) if len(positive) and positive.min() < positive.max() else None
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="YlOrRd", norm=norm, aspect="auto")
+    for (i, j), kwh in np.ndenumerate(values):
+        if np.isfinite(kwh):
+            shade = image.cmap(image.norm(kwh)) if norm else (1, 1, 1, 1)
+            dark = sum(shade[:3]) < 1.5
+            ax.text(j, i, format_wh(kwh), ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    ax.set_xticks(range(table.shape[1]))
+    ax.set_xticklabels([f"e{e} b{b}" for e, b in table.columns], fontsize=8)
+    ax.set_yticks(range(table.shape[0]))
+    ax.set_yticklabels(table.index, fontsize=8)
+    ax.set_xlabel("epochs and batch size")
+    fig.colorbar(image, ax=ax, label="energy consumed (kWh)")
+    ax.set_title(f"{dataset}: energy per run (Wh in each cell; blank: not trained)", fontsize=10)
+    return fig
+
+
+def format_wh(kwh: float) -> str:
+    """A cell's energy as people read it: Wh with 3 significant digits."""
+    return f"{kwh * 1000:.3g}"
 
 
 def epoch_curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], dataset: str, folder: Path) -> Optional[Path]:

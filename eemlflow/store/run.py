@@ -252,6 +252,18 @@ class TrainingRun:
             tags[schema.ENERGY_SUSPECT_TAG] = " | ".join(energy.suspicions)
         self._log(params=params, metrics=metrics, tags=tags)
 
+    def log_model(self, model: Any, example: Any, register_as: Optional[str] = None) -> None:
+        """The trained model as the run's ``model`` (``store.model``). A failure is tagged and warned, not raised:
+        the training it took is measured and kept either way."""
+        from eemlflow.store.model import log_trained_model
+
+        try:
+            self._log(tags={schema.MODEL_TAG: log_trained_model(self.run_id, model, example, register_as)})
+        except Exception as e:
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+            log.warning("the trained model could not be logged: %s", reason)
+            self._log(tags={schema.MODEL_ERROR_TAG: reason})
+
     def finish(self, status: str, error: Optional[str] = None, stopped: Optional[str] = None) -> None:
         """End the run as FINISHED, FAILED or KILLED, with the error (or the budget that ``stopped`` it) as a tag.
 

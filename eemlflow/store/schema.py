@@ -153,6 +153,8 @@ ENERGY_SUSPECT_TAG = "energy.suspect"
 HEARTBEAT_TAG = "eemlflow.heartbeat"  # JSON: host, pid, time, epoch, energy_kwh (see store/liveness.py)
 SEGMENTS_TAG = "eemlflow.segments"  # how many processes trained the run (1 + resumes)
 SEGMENT_TAG = "eemlflow.segment.{n}"  # "host=... pid=... start=..." of segment n (from 1)
+MODEL_TAG = "eemlflow.model"  # the logged model's URI (log_model=true)
+MODEL_ERROR_TAG = "eemlflow.model_error"  # why it could not be logged (the run still FINISHED)
 RESUMED_RUN_TAG = "eemlflow.resumed_run"  # on a launcher's run that resumed another one
 STOPPED_TAG = "eemlflow.stopped"  # why a budget stopped the run (it ends KILLED, resumable with a larger one)
 LOST_ENERGY_METRIC = "lost_energy_kwh"  # measured before a kill but after the last checkpoint (not in the total)

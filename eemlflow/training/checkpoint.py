@@ -59,7 +59,7 @@ def save_checkpoint(path: Path, recipe: Recipe, cfg: TrainConfig, epochs_done: i
         "settings": dataclasses.asdict(cfg),
         "device_type": recipe.device.type,
         "extra": extra,
-        "model": _unwrapped(recipe.model).state_dict(),
+        "model": unwrapped(recipe.model).state_dict(),
         "optimizer": recipe.optimizer.state_dict(),
         "scheduler": recipe.scheduler.state_dict(),
         "rng": {
@@ -108,7 +108,7 @@ def device_change(checkpoint: Checkpoint, device_type: str) -> Optional[str]:
 def restore(recipe: Recipe, checkpoint: Checkpoint) -> None:
     """Put the model, optimizer, scheduler and every generator back as they were when it was written."""
     state = checkpoint.state
-    _unwrapped(recipe.model).load_state_dict(state["model"])
+    unwrapped(recipe.model).load_state_dict(state["model"])
     recipe.optimizer.load_state_dict(state["optimizer"])
     recipe.scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"]
@@ -123,7 +123,7 @@ def restore(recipe: Recipe, checkpoint: Checkpoint) -> None:
             loader.generator.set_state(generator_state)
 
 
-def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     """The module under ``torch.compile``'s wrapper, whose state dict has the plain parameter names."""
     return getattr(model, "_orig_mod", model)
 

@@ -67,6 +67,8 @@ class TrainConfig:
     energy_budget_kwh: Optional[float] = _setting(None, BUDGET)
     emissions_budget_kg: Optional[float] = _setting(None, BUDGET)
     time_budget_s: Optional[float] = _setting(None, BUDGET)
+    log_model: bool = _setting(False, EXECUTION)
+    register_as: Optional[str] = _setting(None, EXECUTION)
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "model is empty: give a timm model name, e.g. resnet18")
@@ -99,6 +101,8 @@ class TrainConfig:
             _check(value is None or value > 0, f"{name} must be a positive number (or empty: no limit), got {value}")
         if self.country_iso_code is not None:
             _check_country(self.country_iso_code)
+        _check(self.register_as is None or self.log_model,
+               f"register_as={self.register_as!r} needs log_model=true: only a logged model can be registered")
 
     @property
     def base_lr(self) -> float:
