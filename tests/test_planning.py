@@ -86,8 +86,9 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and len(history(client, run_id, "train_loss")) == EPOCHS
-    [launcher] = [r for r in client.search_runs([run.info.experiment_id]) if r.info.run_id != run_id]
-    assert launcher.data.tags["eemlflow.resumed_run"] == run_id  # the launcher's own run points at the one resumed
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    [launcher] = [r for r in everything if r.info.run_id != run_id]  # `mlflow run`'s own run, in Default
+    assert launcher.data.tags["eemlflow.resumed_run"] == run_id  # it points at the run it resumed
     errors = history(client, run_id, EPOCH.projection_error_pct)
     assert len(errors) == len(history(client, run_id, EPOCH.projected_energy_kwh)) >= 1
     # After the last epoch nothing is left to project: only the close's last reading (CodeCarbon measures once more
