@@ -17,6 +17,7 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # a file as any other program writes it (mkstemp's is owner-only)
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             write(f)
             f.flush()
@@ -25,3 +26,10 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

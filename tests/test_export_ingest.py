@@ -247,3 +247,12 @@ def test_export_warns_of_a_cell_exported_twice_naming_both_runs(store, tmp_path,
     assert len(twins) == 2 and "2 FINISHED runs share model=resnet18, dataset=cifar10, epochs=50" in warnings[0]
     assert all(run_id in warnings[0] for run_id in twins) and "export one experiment with --experiment" in warnings[0]
     assert len(typed(tmp_path / "out.csv")) == 7  # warned, not dropped: which to keep is the user's call
+
+
+def test_the_exported_csv_has_the_permissions_any_new_file_gets(store, tmp_path, run_main):
+    ingest(connect(store), read_csv(write_rows(tmp_path / "s.csv", study_rows(2))))
+    out = tmp_path / "training_energy.csv"
+    assert run_main(export_main, ["--output", str(out)], tracking_uri=store).returncode == 0
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what the umask gives a new file here
+    assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # readable by others as usual, not 0600
