@@ -33,7 +33,8 @@ from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.store import connect
 from eemlflow.store.liveness import HeartbeatThread
 from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint, unwrapped
-from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun, environment
+from eemlflow.store.environment import environment
+from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun
 
 log = logging.getLogger(__name__)
 

@@ -33,23 +33,13 @@ from codecarbon.output_methods.emissions_data import EmissionsData
 
 from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
 from eemlflow.measure.host_share import Attribution, HostLedger
+from eemlflow.measure.methods import RAM_METHOD, tracker_methods
 from eemlflow.measure.nvml import GpuSet, compute_pids, gpu_names
 from eemlflow.measure.read_clock import ReadClock
 from eemlflow.measure.readings import (COUNTER_KEYS, EnergyReading, EnergyResult, Provenance, combine_segments)
 from eemlflow.measure.suspicion import suspicions
 
 log = logging.getLogger(__name__)
-
-_CPU_METHODS = {
-    "intel_rapl": "RAPL energy counter (measured)",
-    "cpu_load": "load model: TDP x CPU load (estimated)",
-    "constant": "constant: 50% of TDP (estimated)",
-    "intel_power_gadget": "Intel Power Gadget (measured)",
-    "windows_emi": "Windows EMI energy counter (measured)",
-    "apple_powermetrics": "Apple powermetrics (measured)",
-}
-RAM_METHOD = "CodeCarbon estimate: 5 W per estimated DIMM (not measured)"
-
 
 class _Capture(BaseOutput):
     """Keeps CodeCarbon's latest totals: ``out`` on flush/stop (main thread), ``live_out`` on its timer."""
@@ -129,9 +119,8 @@ class EnergyMonitor:
         )
 
     def start(self) -> None:
-        """Start measuring (``stop`` gives the run's total). The counters' run window is set to open when
-        CodeCarbon's does: read just before and just after its start (whose first call in a process takes a second
-        or more) and interpolated to the moment it took its own first reading."""
+        """Start measuring (``stop`` gives the run's total). The counters' run window opens when CodeCarbon's start
+        first read the same hardware (``ReadClock``; that first start in a process takes a second or more)."""
         self._nvml = NvmlEnergyCounter(self.gpu_ids) if self.gpu_ids else None
         self._rapl = RaplEnergyCounter()
         self._clock.watch(self._tracker)
@@ -159,22 +148,26 @@ class EnergyMonitor:
         now = self._snapshot()
         return None if now is None else now - start
 
-    def _read_now(self) -> None:
-        """Make CodeCarbon read its hardware now, between the counters' two readings around it: its ``flush`` and
-        ``stop`` skip their own reading within 50 ms of one on its timer, which would fall outside them."""
+    def _counters_around(self, report: Callable[[], object]) -> dict[str, Optional[float]]:
+        """CodeCarbon made to read its hardware now, then ``report`` (its ``flush`` or ``stop``), between two
+        readings of the counters: the counters at the moment of its reading, over the run window (kWh, by
+        ``COUNTER_KEYS``; None where unavailable). (``flush`` and ``stop`` skip their own reading within 50 ms of one
+        on its timer, which would fall outside the two.)"""
+        before = self._raw_counters()
         measure = getattr(self._tracker, "_measure_power_and_energy", None)
         if measure is not None and getattr(self._tracker, "_start_time", None) is not None:  # running
             measure()
+        report()
+        after = self._raw_counters()
+        stamp = getattr(self._tracker, "_last_measured_time", None)  # used where a call was not timed
+        now = self._clock.at("measure_power_and_energy", before, after, stamp)
+        return {k: None if v is None or self._counter_base.get(k) is None else v - self._counter_base[k]
+                for k, v in now.items()}
 
     def _raw_counters(self) -> tuple[float, dict[str, Optional[float]]]:
         """When (``time.perf_counter``, CodeCarbon's clock) and what the counters read since they were made, kWh."""
         return time.perf_counter(), {"nvml_gpu_energy_kwh": self._nvml.read_kwh() if self._nvml else None,
                                      "rapl_cpu_energy_kwh": self._rapl.read_kwh() if self._rapl else None}
-
-    def _counters(self, raw: dict[str, Optional[float]]) -> dict[str, Optional[float]]:
-        """The hardware counters over the run window (kWh), by ``COUNTER_KEYS``; None where unavailable."""
-        return {k: None if v is None or self._counter_base.get(k) is None else v - self._counter_base[k]
-                for k, v in raw.items()}
 
     def live(self) -> Optional[EnergyReading]:
         """The latest totals CodeCarbon sampled on its timer, for progress displays; no measurement made."""
@@ -193,12 +186,7 @@ class EnergyMonitor:
         ``warn``: log each suspicion as a warning (a training does; a forecast's calibration keeps quiet).
         """
         self._wait_for_device(final=True)
-        before = self._raw_counters()
-        self._read_now()
-        self._tracker.stop()
-        after = self._raw_counters()
-        counters = self._counters(self._clock.at("measure_power_and_energy", before, after,
-                                                 getattr(self._tracker, "_last_measured_time", None)))
+        counters = self._counters_around(self._tracker.stop)
         if self._rapl is not None:
             self._rapl.close()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
@@ -261,12 +249,7 @@ class EnergyMonitor:
             return None
         self._wait_for_device()
         self._capture.take()
-        before = self._raw_counters()
-        self._read_now()
-        self._tracker.flush()
-        after = self._raw_counters()
-        counters = self._counters(self._clock.at("measure_power_and_energy", before, after,
-                                                 getattr(self._tracker, "_last_measured_time", None)))
+        counters = self._counters_around(self._tracker.flush)
         data = self._capture.take()
         if data is None:
             self.failure = "CodeCarbon's tracker stopped reporting (flush returned nothing)"
@@ -288,20 +271,7 @@ class EnergyMonitor:
 
     def provenance(self) -> Provenance:
         """How each figure is obtained here. Reads CodeCarbon's hardware objects, which it does not expose."""
-        cpu_method, tdp, known = "none detected", None, False
-        gpu_method = "none: training on the CPU, no GPU measured" if not self.gpu_ids else "none (CodeCarbon saw no GPU)"
-        for hw in getattr(self._tracker, "_hardware", []):
-            kind = type(hw).__name__
-            if kind == "CPU":
-                mode = getattr(hw, "_mode", "unknown")
-                cpu_method = _CPU_METHODS.get(mode, f"{mode} (unknown method)")
-                tdp = getattr(hw, "_tdp", None)
-                known = mode == "intel_rapl" or _cpu_in_tdp_table(getattr(hw, "_model", None))
-            elif kind == "GPU" and self.gpu_ids:
-                devices = getattr(getattr(hw, "devices", None), "devices", [])
-                sampled = any(getattr(d, "_use_power_fallback", False) for d in devices
-                              if getattr(d, "gpu_index", None) in self.gpu_ids)
-                gpu_method = "NVML power sampling (estimated)" if sampled else "NVML energy counter (measured)"
+        cpu_method, tdp, known, gpu_method = tracker_methods(self._tracker, self.gpu_ids)
         return Provenance(
             cpu_method=cpu_method,
             cpu_tdp_w=tdp,
@@ -327,16 +297,3 @@ def _children() -> set[int]:
         return {p.pid for p in psutil.Process().children(recursive=True)}
     except Exception:
         return set()
-
-
-def _cpu_in_tdp_table(model: Optional[str]) -> bool:
-    """Whether CodeCarbon knows this CPU's TDP (else it guesses 4 W per thread). Uses its private lookup."""
-    if not model:
-        return False
-    try:
-        from codecarbon.core import cpu
-        from codecarbon.core.hardware_cache import get_cached_tdp
-
-        return bool(get_cached_tdp(cpu)._get_cpu_power_from_registry(model))
-    except Exception:  # a CodeCarbon internals change must not break training; assume unknown
-        return False

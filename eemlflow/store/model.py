@@ -11,6 +11,8 @@ from typing import Optional
 
 import torch
 
+from eemlflow.store import schema
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"  # runs:/<run_id>/model
@@ -34,3 +36,14 @@ def log_trained_model(run_id: str, model: torch.nn.Module, example: torch.Tensor
                                     serialization_format="pickle",  # loads back as the torch.nn.Module it was
                                     pip_requirements=requirements)
     return info.model_uri
+
+
+def model_tags(run_id: str, model: torch.nn.Module, example: torch.Tensor, register_as: Optional[str]) -> dict[str, str]:
+    """``log_trained_model``, as the run's tags: the model's URI, or why it could not be logged. A failure is warned,
+    not raised: the training it took is measured and kept either way, and the run still FINISHES."""
+    try:
+        return {schema.MODEL_TAG: log_trained_model(run_id, model, example, register_as)}
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        log.warning("the trained model could not be logged: %s", reason)
+        return {schema.MODEL_ERROR_TAG: reason}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 import warnings
 from typing import Any, Optional, Sequence
@@ -21,11 +20,9 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-import eemlflow
 from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
-from eemlflow.measure.nvml import open_nvml
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.measure.projection import Projection, projection_error_pct
 from eemlflow.errors import EemlflowError
@@ -253,16 +250,10 @@ class TrainingRun:
         self._log(params=params, metrics=metrics, tags=tags)
 
     def log_model(self, model: Any, example: Any, register_as: Optional[str] = None) -> None:
-        """The trained model as the run's ``model`` (``store.model``). A failure is tagged and warned, not raised:
-        the training it took is measured and kept either way."""
-        from eemlflow.store.model import log_trained_model
+        """The trained model as the run's ``model``, or why it could not be logged (``store.model``)."""
+        from eemlflow.store.model import model_tags
 
-        try:
-            self._log(tags={schema.MODEL_TAG: log_trained_model(self.run_id, model, example, register_as)})
-        except Exception as e:
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-            log.warning("the trained model could not be logged: %s", reason)
-            self._log(tags={schema.MODEL_ERROR_TAG: reason})
+        self._log(tags=model_tags(self.run_id, model, example, register_as))
 
     def finish(self, status: str, error: Optional[str] = None, stopped: Optional[str] = None) -> None:
         """End the run as FINISHED, FAILED or KILLED, with the error (or the budget that ``stopped`` it) as a tag.
@@ -303,30 +294,3 @@ def _description(cfg: TrainConfig, data: ImageData, device: str, input_size: tup
         f"label smoothing 0.1); mode {cfg.mode}, {cfg.precision}, augmentation on the "
         f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country}{'' if cfg.country_given else ', the default'})."
     )
-
-
-def environment(device: Any) -> dict[str, str]:
-    """Versions and hardware that a reader needs to reproduce the run, as tags."""
-    import codecarbon
-    import timm
-    import torch
-
-    env = {
-        "versions.eemlflow": eemlflow.__version__,
-        "versions.torch": torch.__version__,
-        "versions.timm": timm.__version__,
-        "versions.mlflow": mlflow.__version__,
-        "versions.codecarbon": codecarbon.__version__,
-        "versions.python": platform.python_version(),
-        "versions.cuda": str(torch.version.cuda or ""),
-    }
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # which GPUs the launcher gave (a sweep: one a cell)
-        env["gpu.cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    if getattr(device, "type", "") == "cuda":
-        env["gpu.name"] = torch.cuda.get_device_name(device)
-        env["gpu.count_visible"] = str(torch.cuda.device_count())
-        try:
-            env["versions.gpu_driver"] = str(open_nvml().nvmlSystemGetDriverVersion())
-        except Exception as e:  # NVML is optional: the run still trains without it
-            env["versions.gpu_driver"] = f"unknown ({type(e).__name__})"
-    return env
