@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -33,6 +33,7 @@ from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENER
 from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
 from eemlflow.sweep.launch import Handle, Launcher, LocalLauncher
+from eemlflow.sweep.tally import Tally, progress_table
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +53,6 @@ class Slot:
     log_path: str = ""
     resumed: bool = False
     last_run_id: str = ""
-
-
-@dataclass
-class Tally:
-    total: int
-    done: int = 0
-    skipped: int = 0
-    failed: list[str] = field(default_factory=list)
-    retried: int = 0
-    resumed: int = 0  # cells finished by continuing a run from its checkpoint
-    left_running: int = 0  # cells left to the live process training them (--skip-running)
-    energy_kwh: float = 0.0
-    emissions_kg: float = 0.0
-    durations: list[float] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
-    stopped: list[str] = field(default_factory=list)  # cells a budget of their own stopped (not retried)
-    over_budget: list[str] = field(default_factory=list)  # cells not started: the grid's budget would be crossed
-    forecast_kwh: float = 0.0  # the forecasts of the cells trained this time, and what they measured
-    forecast_measured_kwh: float = 0.0
-
-    @property
-    def forecast_ratio(self) -> float:
-        """Measured / forecast over the finished cells: how the remaining forecast is refined (1 before any)."""
-        return self.forecast_measured_kwh / self.forecast_kwh if self.forecast_kwh > 0 else 1.0
 
 
 class Sweep:
@@ -300,25 +277,9 @@ class Sweep:
             log.warning("could not attach %s to run %s: %s", slot.log_path, slot.run_id, e)
 
     def _table(self, tally: Tally, pending: deque) -> Table:
-        running = sum(1 for s in self.slots if s.process is not None)
-        elapsed = time.time() - tally.started
-        eta = "n/a"
-        if tally.durations:
-            per_cell = sum(tally.durations) / len(tally.durations)
-            eta = f"{per_cell * (len(pending) + running) / len(self.slots) / 60:.1f} min"
-        table = Table(title=f"sweep {self.grid.name}")
-        columns = ["cells", "done", "resumed", "running", "failed", "pending", "elapsed", "ETA", "energy"]
-        row = [str(tally.total), str(tally.done + tally.skipped), str(tally.resumed), str(running),
-               str(len(tally.failed)), str(len(pending)), f"{elapsed / 60:.1f} min", eta,
-               f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh ({tally.energy_kwh:.4g} kWh)"]
+        left = None
         if self.forecasts:
             left = tally.forecast_ratio * (sum(self._forecast_kwh(c) for c, _ in pending)
                                            + sum(self._forecast_kwh(s.cell) for s in self.slots if s.cell))
-            columns.append("forecast left")
-            row.append(f"{left * WH_PER_KWH:.3f} Wh ({left:.4g} kWh)")
-        for name in columns:
-            table.add_column(name, justify="right")
-        table.add_row(*row)
-        return table
-
-
+        return progress_table(self.grid.name, tally, len(pending), sum(1 for s in self.slots if s.process is not None),
+                              len(self.slots), left)
