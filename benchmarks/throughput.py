@@ -82,7 +82,7 @@ class EnergyMeter:
         reading = self.monitor.end_window("bench")
         if reading is None:
             return float("nan"), float("nan")
-        gpu_kwh = reading.nvml_gpu_energy_kwh if reading.nvml_gpu_energy_kwh is not None else reading.gpu_energy_kwh
+        gpu_kwh = reading.counters.get("nvml_gpu_energy_kwh", reading.gpu_energy_kwh)
         return (gpu_kwh * J_PER_KWH if self.gpu else float("nan")), reading.energy_j
 
     def close(self) -> None:

@@ -31,12 +31,12 @@ from codecarbon import OfflineEmissionsTracker
 from codecarbon.output_methods.base_output import BaseOutput
 from codecarbon.output_methods.emissions_data import EmissionsData
 
-from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
+from eemlflow.measure.counters import REGISTRY, EnergyCounter, open_counters
 from eemlflow.measure.host_share import Attribution, HostLedger
 from eemlflow.measure.methods import RAM_METHOD, tracker_methods
 from eemlflow.measure.nvml import GpuSet, compute_pids, gpu_names
 from eemlflow.measure.read_clock import ReadClock
-from eemlflow.measure.readings import (COUNTER_KEYS, EnergyReading, EnergyResult, Provenance, combine_segments)
+from eemlflow.measure.readings import EnergyReading, EnergyResult, Provenance, combine_segments
 from eemlflow.measure.suspicion import suspicions
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,9 @@ class EnergyMonitor:
         self._synchronize = synchronize
         self._sync_failure: Optional[str] = None
         self._share_host = share_host
-        self._nvml: Optional[NvmlEnergyCounter] = None
-        self._rapl: Optional[RaplEnergyCounter] = None
+        self._counters: dict[str, EnergyCounter] = {}
         self._counter_base: dict[str, Optional[float]] = {}
-        self._clock = ReadClock()
+        self._clock = ReadClock({spec.name: spec.hardware for spec in REGISTRY})
         self._attribution = Attribution(None)
         self._neighbours: set[tuple[int, int]] = set()
         self._last_record: Optional[dict] = None
@@ -121,8 +120,7 @@ class EnergyMonitor:
     def start(self) -> None:
         """Start measuring (``stop`` gives the run's total). The counters' run window opens when CodeCarbon's start
         first read the same hardware (``ReadClock``; that first start in a process takes a second or more)."""
-        self._nvml = NvmlEnergyCounter(self.gpu_ids) if self.gpu_ids else None
-        self._rapl = RaplEnergyCounter()
+        self._counters = open_counters(self.gpu_ids)
         self._clock.watch(self._tracker)
         before = self._raw_counters()
         self._tracker.start()
@@ -151,7 +149,7 @@ class EnergyMonitor:
     def _counters_around(self, report: Callable[[], object]) -> dict[str, Optional[float]]:
         """CodeCarbon made to read its hardware now, then ``report`` (its ``flush`` or ``stop``), between two
         readings of the counters: the counters at the moment of its reading, over the run window (kWh, by
-        ``COUNTER_KEYS``; None where unavailable). (``flush`` and ``stop`` skip their own reading within 50 ms of one
+        counter name; None where unavailable). (``flush`` and ``stop`` skip their own reading within 50 ms of one
         on its timer, which would fall outside the two.)"""
         before = self._raw_counters()
         measure = getattr(self._tracker, "_measure_power_and_energy", None)
@@ -166,8 +164,7 @@ class EnergyMonitor:
 
     def _raw_counters(self) -> tuple[float, dict[str, Optional[float]]]:
         """When (``time.perf_counter``, CodeCarbon's clock) and what the counters read since they were made, kWh."""
-        return time.perf_counter(), {"nvml_gpu_energy_kwh": self._nvml.read_kwh() if self._nvml else None,
-                                     "rapl_cpu_energy_kwh": self._rapl.read_kwh() if self._rapl else None}
+        return time.perf_counter(), {name: counter.read_kwh() for name, counter in self._counters.items()}
 
     def live(self) -> Optional[EnergyReading]:
         """The latest totals CodeCarbon sampled on its timer, for progress displays; no measurement made."""
@@ -187,8 +184,8 @@ class EnergyMonitor:
         """
         self._wait_for_device(final=True)
         counters = self._counters_around(self._tracker.stop)
-        if self._rapl is not None:
-            self._rapl.close()
+        for counter in self._counters.values():
+            counter.close()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
         if final is not None:
             final = self._as_measured(final)
@@ -199,10 +196,12 @@ class EnergyMonitor:
             log.warning("energy tracking failed: %s", self.failure)
         host = GpuSet.of_names(gpu_names())  # every GPU of the host, measured or not
         record = None if self.failure else combine_segments(earlier_segments, final)
-        for key in COUNTER_KEYS:  # a counter missing in any segment leaves the run without that figure
-            values = [counters[key], *(seg.get(key) for seg in earlier_segments)]
-            counters[key] = None if any(v is None for v in values) else sum(values)
-        result = EnergyResult(record, self.provenance(), (), self.failure, **counters,
+        totals = {}  # a counter missing in any segment leaves the run without that figure
+        for name, kwh in counters.items():
+            values = [kwh, *(seg.get(name) for seg in earlier_segments)]
+            if all(v is not None for v in values):
+                totals[name] = sum(values)
+        result = EnergyResult(record, self.provenance(), (), self.failure, counters=totals,
                               host_gpu_count=host.count, host_gpu_model=host.model,
                               cpu_ram_share=self._attribution.share, other_gpu_pids=tuple(sorted(self._neighbours)))
         suspect = tuple(suspicions(result, bool(self.gpu_ids))) if record is not None else ()
@@ -265,8 +264,8 @@ class EnergyMonitor:
         return None if self.failure else self._last
 
     def record_so_far(self) -> Optional[dict]:
-        """CodeCarbon's totals and the counters' at the last window boundary (``EmissionsData.values`` plus
-        ``COUNTER_KEYS``), as charged to this training, for a checkpoint."""
+        """CodeCarbon's totals and the counters' at the last window boundary (``EmissionsData.values`` plus each
+        counter's figure by name), as charged to this training, for a checkpoint."""
         return None if self.failure or self._last_record is None else dict(self._last_record)
 
     def provenance(self) -> Provenance:
@@ -280,9 +279,9 @@ class EnergyMonitor:
             gpu_ids=",".join(str(i) for i in self.gpu_ids),
             ram_method=RAM_METHOD,
             country_source="given" if self._country_given else "default",
-            gpu_counter=self._nvml.description if self._nvml else "not read: training on the CPU",
-            cpu_counter=self._rapl.description if self._rapl else "not read: not started",
             cpu_ram_attribution=self._attribution.describe(),
+            counters={spec.name: self._counters[spec.name].description if spec.name in self._counters
+                      else "not read: not started" for spec in REGISTRY},
         )
 
 

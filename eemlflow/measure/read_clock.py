@@ -14,15 +14,17 @@ import functools
 import time
 from typing import Any, Callable, Optional
 
-# Which of CodeCarbon's hardware classes reads the same thing as each of the monitor's counters.
-COUNTER_HARDWARE = {"nvml_gpu_energy_kwh": "GPU", "rapl_cpu_energy_kwh": "CPU"}
-Reading = tuple[float, dict[str, Optional[float]]]  # (time.perf_counter(), counter key -> kWh or None)
+Reading = tuple[float, dict[str, Optional[float]]]  # (time.perf_counter(), counter name -> kWh or None)
 
 
 class ReadClock:
-    """The latest moment (``time.perf_counter``) of each timed call, by hardware class name and call name."""
+    """The latest moment (``time.perf_counter``) of each timed call, by hardware class name and call name.
 
-    def __init__(self) -> None:
+    ``hardware``: for each counter name, the name of CodeCarbon's hardware class that reads the same thing
+    (``GPU``, ``CPU``)."""
+
+    def __init__(self, hardware: dict[str, str]) -> None:
+        self._hardware = hardware
         self._moments: dict[tuple[str, str], float] = {}
 
     def watch(self, tracker: Any) -> None:
@@ -33,7 +35,7 @@ class ReadClock:
             ready()
         for hardware in getattr(tracker, "_hardware", []):
             kind = type(hardware).__name__
-            if kind in COUNTER_HARDWARE.values():
+            if kind in self._hardware.values():
                 for name in ("start", "measure_power_and_energy"):
                     self._time(hardware, kind, name)
 
@@ -60,7 +62,7 @@ class ReadClock:
         (t0, a), (t1, b) = before, after
         values: dict[str, Optional[float]] = {}
         for key in a:
-            moment = self._moments.get((COUNTER_HARDWARE.get(key, ""), call), fallback)
+            moment = self._moments.get((self._hardware.get(key, ""), call), fallback)
             f = 0.5 if moment is None or t1 <= t0 else min(1.0, max(0.0, (moment - t0) / (t1 - t0)))
             values[key] = None if a[key] is None or b[key] is None else a[key] + (b[key] - a[key]) * f
         return values

@@ -8,21 +8,19 @@ those units and the conversion to Wh/J happens in ``EnergyReading`` alone (facto
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
-from typing import Optional, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional, Sequence
 
 from codecarbon.output_methods.emissions_data import EmissionsData
 
+from eemlflow.measure.counters import BY_NAME, REGISTRY
 from eemlflow.measure.units import J_PER_KWH, WH_PER_KWH
-
-# Keys of the counters' figures in a segment's record (a checkpoint keeps them beside CodeCarbon's fields).
-COUNTER_KEYS = ("nvml_gpu_energy_kwh", "rapl_cpu_energy_kwh")
 
 
 @dataclass(frozen=True)
 class EnergyReading:
     """Energy over a window (or, for a snapshot, since the tracker started): CodeCarbon's figures, and the
-    hardware counters' where they exist (None: no counter here)."""
+    hardware counters' by name (``counters.REGISTRY``), those that exist here."""
 
     duration_s: float
     energy_kwh: float
@@ -30,8 +28,7 @@ class EnergyReading:
     gpu_energy_kwh: float
     ram_energy_kwh: float
     emissions_kg: float
-    nvml_gpu_energy_kwh: Optional[float] = None
-    rapl_cpu_energy_kwh: Optional[float] = None
+    counters: Mapping[str, float] = field(default_factory=dict)  # counter name -> kWh
 
     @property
     def energy_wh(self) -> float:
@@ -41,38 +38,46 @@ class EnergyReading:
     def energy_j(self) -> float:
         return self.energy_kwh * J_PER_KWH
 
-    def __sub__(self, other: "EnergyReading") -> "EnergyReading":
+    def __sub__(self, other: EnergyReading) -> EnergyReading:
         return self._combine(other, -1.0)
 
-    def __add__(self, other: "EnergyReading") -> "EnergyReading":
+    def __add__(self, other: EnergyReading) -> EnergyReading:
         return self._combine(other, 1.0)
 
-    def scaled(self, factor: float) -> "EnergyReading":
+    def scaled(self, factor: float) -> EnergyReading:
         """Every figure times ``factor`` (e.g. a mean over epochs)."""
-        return EnergyReading(*(None if getattr(self, f.name) is None else getattr(self, f.name) * factor
-                               for f in fields(self)))
+        return EnergyReading(*(getattr(self, name) * factor for name in _FIGURES),
+                             counters={k: v * factor for k, v in self.counters.items()})
 
-    def _combine(self, other: "EnergyReading", sign: float) -> "EnergyReading":
-        """Field by field; a counter missing on either side is missing in the result (never half a figure)."""
-        def one(a: Optional[float], b: Optional[float]) -> Optional[float]:
-            return None if a is None or b is None else a + sign * b
-        return EnergyReading(*(one(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)))
+    def _combine(self, other: EnergyReading, sign: float) -> EnergyReading:
+        """Figure by figure; a counter missing on either side is missing in the result (never half a figure)."""
+        return EnergyReading(*(getattr(self, name) + sign * getattr(other, name) for name in _FIGURES),
+                             counters={k: v + sign * other.counters[k] for k, v in self.counters.items()
+                                       if k in other.counters})
 
     @classmethod
-    def from_emissions(cls, data: EmissionsData) -> "EnergyReading":
+    def from_emissions(cls, data: EmissionsData) -> EnergyReading:
         return cls.from_values(data.values)
 
     @classmethod
-    def from_values(cls, values: dict) -> "EnergyReading":
-        """From CodeCarbon's record as a mapping (``EmissionsData.values``, or one kept in a checkpoint)."""
+    def from_values(cls, values: Mapping[str, Any]) -> EnergyReading:
+        """From CodeCarbon's record as a mapping (``EmissionsData.values``, or one kept in a checkpoint, which
+        holds the counters' figures beside CodeCarbon's under their names)."""
         def number(key: str) -> float:
             return float(values.get(key) or 0.0)
-        def counter(key: str) -> Optional[float]:
-            return None if values.get(key) is None else float(values[key])
         return cls(duration_s=number("duration"), energy_kwh=number("energy_consumed"),
                    cpu_energy_kwh=number("cpu_energy"), gpu_energy_kwh=number("gpu_energy"),
                    ram_energy_kwh=number("ram_energy"), emissions_kg=number("emissions"),
-                   nvml_gpu_energy_kwh=counter("nvml_gpu_energy_kwh"), rapl_cpu_energy_kwh=counter("rapl_cpu_energy_kwh"))
+                   counters=counter_figures(values))
+
+
+# The reading's own figures, in order (its counters are kept by name beside them).
+_FIGURES = ("duration_s", "energy_kwh", "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh", "emissions_kg")
+
+
+def counter_figures(values: Mapping[str, Any]) -> dict[str, float]:
+    """The registered counters' figures in a record (kWh, by name), those it has."""
+    return {spec.name: float(values[spec.name]) for spec in REGISTRY if values.get(spec.name) is not None}
 
 
 @dataclass(frozen=True)
@@ -86,13 +91,14 @@ class Provenance:
     gpu_ids: str
     ram_method: str
     country_source: str
-    gpu_counter: str = "not read"  # the NVML counter CodeCarbon's GPU energy is checked against, or why none
-    cpu_counter: str = "not read"  # the RAPL counters CodeCarbon's CPU energy is checked against, or why none
     cpu_ram_attribution: str = "whole machine"  # how the host's CPU and RAM energy was charged to this run
+    counters: Mapping[str, str] = field(default_factory=dict)  # counter name -> what it read, or why nothing
 
     def as_dict(self) -> dict[str, str]:
-        """Field name -> text (empty when unknown), for tags."""
-        return {f.name: "" if getattr(self, f.name) is None else str(getattr(self, f.name)) for f in fields(self)}
+        """Field name -> text (empty when unknown), for tags; each counter's under its spec's ``provenance``."""
+        plain = {f.name: "" if getattr(self, f.name) is None else str(getattr(self, f.name))
+                 for f in fields(self) if f.name != "counters"}
+        return {**plain, **{BY_NAME[name].provenance: text for name, text in self.counters.items()}}
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,7 @@ class EnergyResult:
     provenance: Provenance
     suspicions: tuple[str, ...] = ()
     failure: Optional[str] = None
-    nvml_gpu_energy_kwh: Optional[float] = None  # the training GPU(s)' NVML counter over the run
-    rapl_cpu_energy_kwh: Optional[float] = None  # the CPU packages' RAPL counters over the run
+    counters: Mapping[str, float] = field(default_factory=dict)  # each counter's kWh over the run, those read
     host_gpu_count: Optional[int] = None  # the host's GPUs, measured or not (``record.gpu_count``: the measured)
     host_gpu_model: Optional[str] = None
     cpu_ram_share: float = 1.0  # the share of the host's CPU and RAM energy charged to this run (1: all of it)
@@ -119,18 +124,17 @@ class EnergyResult:
     def reading(self) -> Optional[EnergyReading]:
         if self.record is None:
             return None
-        return dataclasses.replace(EnergyReading.from_emissions(self.record), nvml_gpu_energy_kwh=self.nvml_gpu_energy_kwh,
-                                   rapl_cpu_energy_kwh=self.rapl_cpu_energy_kwh)
+        return dataclasses.replace(EnergyReading.from_emissions(self.record), counters=dict(self.counters))
 
-    @property
-    def gpu_energy_discrepancy_pct(self) -> Optional[float]:
-        """CodeCarbon's GPU energy against the NVML counter, in % of the counter (None without a counter)."""
-        return discrepancy_pct(self.record.gpu_energy, self.nvml_gpu_energy_kwh) if self.record else None
-
-    @property
-    def cpu_energy_discrepancy_pct(self) -> Optional[float]:
-        """CodeCarbon's CPU energy against the RAPL counters, in % of the counters (None without them)."""
-        return discrepancy_pct(self.record.cpu_energy, self.rapl_cpu_energy_kwh) if self.record else None
+    def discrepancies(self) -> dict[str, float]:
+        """Each counter's (CodeCarbon - counter) / counter in %, by the spec's ``discrepancy`` name (those read)."""
+        found = {}
+        for name, kwh in self.counters.items():
+            spec = BY_NAME[name]
+            pct = discrepancy_pct(getattr(self.record, spec.codecarbon_figure), kwh) if self.record else None
+            if pct is not None:
+                found[spec.discrepancy] = pct
+        return found
 
     def _per_second(self, kwh: float) -> Optional[float]:
         if self.record is None or not self.record.duration:

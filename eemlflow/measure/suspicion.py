@@ -3,6 +3,7 @@ and kept in the run's ``energy.suspect`` tag."""
 
 from __future__ import annotations
 
+from eemlflow.measure.counters import BY_NAME
 from eemlflow.measure.readings import EnergyResult
 
 # CodeCarbon further than this from a hardware counter over a run makes the run's energy suspect.
@@ -13,11 +14,13 @@ def suspicions(result: EnergyResult, used_gpu: bool) -> list[str]:
     """Reasons to distrust a run's energy figures; each becomes a warning and a tag on the run."""
     final, provenance = result.record, result.provenance
     found = []
-    for what, cc_kwh, counter, counter_kwh, pct in (
-            ("GPU", final.gpu_energy, "NVML counter", result.nvml_gpu_energy_kwh, result.gpu_energy_discrepancy_pct),
-            ("CPU", final.cpu_energy, "RAPL counters", result.rapl_cpu_energy_kwh, result.cpu_energy_discrepancy_pct)):
+    discrepancies = result.discrepancies()
+    for name, counter_kwh in result.counters.items():
+        spec = BY_NAME[name]
+        pct = discrepancies.get(spec.discrepancy)
         if pct is not None and abs(pct) > DISCREPANCY_SUSPECT_PCT:
-            found.append(f"CodeCarbon's {what} energy {cc_kwh:.6g} kWh is {pct:+.1f} % off the {counter}'s "
+            cc_kwh = getattr(final, spec.codecarbon_figure)
+            found.append(f"CodeCarbon's {spec.hardware} energy {cc_kwh:.6g} kWh is {pct:+.1f} % off the {spec.title}'s "
                          f"{counter_kwh:.6g} kWh (more than {DISCREPANCY_SUSPECT_PCT:g} %)")
     for gpu, pid in result.other_gpu_pids:
         found.append(f"another process (pid {pid}) computed on GPU {gpu} while this run measured it: NVML counts the "

@@ -192,8 +192,7 @@ class TrainingRun:
                 key.duration_s: energy.duration_s,
                 key.j_per_image: energy.energy_j / result.train_images if result.train_images else 0.0,
             })
-            values.update({k: v for k, v in ((key.nvml_gpu_energy_kwh, energy.nvml_gpu_energy_kwh),
-                                             (key.rapl_cpu_energy_kwh, energy.rapl_cpu_energy_kwh)) if v is not None})
+            values.update({key.counter(name): kwh for name, kwh in energy.counters.items()})
         if total is not None:  # the whole run's so far (every segment): what its budgets are checked against
             values.update({key.energy_so_far_kwh: total.energy_kwh, key.emissions_so_far_kg: total.emissions_kg,
                            key.duration_so_far_s: total.duration_s})
@@ -234,10 +233,7 @@ class TrainingRun:
             derived = {"avg_cpu_power_w": energy.avg_cpu_power_w, "avg_gpu_power_w": energy.avg_gpu_power_w,
                        "avg_ram_power_w": energy.avg_ram_power_w, "avg_power_w": energy.avg_power_w,
                        "energy_wh": energy.reading.energy_wh,
-                       "nvml_gpu_energy_kwh": energy.nvml_gpu_energy_kwh,
-                       "gpu_energy_discrepancy_pct": energy.gpu_energy_discrepancy_pct,
-                       "rapl_cpu_energy_kwh": energy.rapl_cpu_energy_kwh,
-                       "cpu_energy_discrepancy_pct": energy.cpu_energy_discrepancy_pct,
+                       **energy.counters, **energy.discrepancies(),
                        "host_gpu_count": energy.host_gpu_count,
                        "cpu_ram_share": energy.cpu_ram_share}
             metrics.update({schema.BY_NAME[name].key: value for name, value in derived.items() if value is not None})

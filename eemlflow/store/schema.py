@@ -21,6 +21,9 @@ from typing import Any, Literal, Optional
 
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
+from eemlflow.measure.counters import REGISTRY as COUNTERS
+from eemlflow.measure.counters import CounterSpec
+
 Kind = Literal["info", "param", "metric", "tag"]
 
 # Tags that mark and describe eemlflow rows.
@@ -100,6 +103,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("lr", "param", float, doc="base learning rate used (peak of the schedule)", mlflow_key="base_lr"),
 )
 
+def _counter_columns(spec: CounterSpec) -> tuple[Column, Column]:
+    """A hardware counter's figure over the run and CodeCarbon's distance from it."""
+    return (Column(spec.name, "metric", float, "kWh", spec.doc, mlflow_key=f"summary/{spec.name}"),
+            Column(spec.discrepancy, "metric", float, "%", f"({spec.codecarbon_figure} - {spec.name}) / counter",
+                   mlflow_key=f"summary/{spec.discrepancy}"))
+
+
 # Fields beyond the study's 42, appended by `export --with-extras` after them. The run's own derived figures are
 # kept under ``summary/`` (a section of its own in MLflow's charts view, beside the study's unprefixed columns).
 EXTRAS: tuple[Column, ...] = (
@@ -114,10 +124,7 @@ EXTRAS: tuple[Column, ...] = (
     Column("avg_ram_power_w", "metric", float, "W", "ram_energy / duration", mlflow_key="summary/avg_ram_power_w"),
     Column("avg_power_w", "metric", float, "W", "energy_consumed / duration", mlflow_key="summary/avg_power_w"),
     Column("energy_wh", "metric", float, "Wh", "energy_consumed in Wh", mlflow_key="summary/energy_wh"),
-    Column("nvml_gpu_energy_kwh", "metric", float, "kWh", "the training GPU(s)' NVML total-energy counter", mlflow_key="summary/nvml_gpu_energy_kwh"),
-    Column("gpu_energy_discrepancy_pct", "metric", float, "%", "(gpu_energy - nvml_gpu_energy_kwh) / counter", mlflow_key="summary/gpu_energy_discrepancy_pct"),
-    Column("rapl_cpu_energy_kwh", "metric", float, "kWh", "the CPU packages' RAPL counters", mlflow_key="summary/rapl_cpu_energy_kwh"),
-    Column("cpu_energy_discrepancy_pct", "metric", float, "%", "(cpu_energy - rapl_cpu_energy_kwh) / counter", mlflow_key="summary/cpu_energy_discrepancy_pct"),
+    *(column for spec in COUNTERS for column in _counter_columns(spec)),
     Column("host_gpu_count", "metric", int, doc="the host's GPUs, measured or not (gpu_count: the measured ones)",
            mlflow_key="summary/host_gpu_count"),
     Column("host_gpu_model", "tag", str, doc="the host's GPUs, e.g. 8 x NVIDIA H200", mlflow_key="energy.host_gpu_model"),
@@ -196,13 +203,16 @@ class _EpochKeys:
     energy_so_far_kwh: str = "epoch_energy/energy_so_far_kwh"
     emissions_so_far_kg: str = "epoch_energy/emissions_so_far_kg"
     duration_so_far_s: str = "epoch_energy/duration_so_far_s"
-    nvml_gpu_energy_kwh: str = "epoch_energy/nvml_gpu_energy_kwh"
-    rapl_cpu_energy_kwh: str = "epoch_energy/rapl_cpu_energy_kwh"
     # The whole run's totals as projected after this epoch, and (logged at the end) how far that was off.
     projected_energy_kwh: str = "projection/energy_kwh"
     projected_duration_s: str = "projection/duration_s"
     projected_emissions_kg: str = "projection/emissions_kg"
     projection_error_pct: str = "projection/error_pct"
+
+    @staticmethod
+    def counter(name: str) -> str:
+        """A hardware counter's figure over the epoch (kWh), by the counter's name."""
+        return f"epoch_energy/{name}"
 
     @property
     def study_figures(self) -> dict[str, str]:

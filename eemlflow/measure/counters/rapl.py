@@ -1,68 +1,17 @@
-"""Hardware energy counters read beside CodeCarbon, to cross-check it: NVIDIA's NVML total-energy counter and
-Linux RAPL package counters.
-
-Both are cumulative counters read at window boundaries (Zeus's method), not power samples, so they are the
-reference CodeCarbon is checked against. Each counter says what it reads (``description``) or why it cannot
-(``available`` False, ``description`` "unavailable: ..."), and never raises on a machine without the hardware.
-"""
+"""Linux RAPL package counters (``/sys/class/powercap/intel-rapl:N/energy_uj``), wraps included: the reference
+CodeCarbon's CPU energy is checked against."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
-from eemlflow.measure.nvml import NvmlUnavailable, nvml_reason, open_nvml
-from eemlflow.measure.units import MJ_PER_KWH, UJ_PER_KWH
-
-log = logging.getLogger(__name__)
+from eemlflow.measure.counters.base import CounterSpec, EnergyCounter
+from eemlflow.measure.units import UJ_PER_KWH
 
 POWERCAP = Path("/sys/class/powercap")
 RAPL_POLL_S = 5.0  # a package counter wraps after ~262 kJ (~20 min at 200 W): read often enough to count wraps
-
-
-class NvmlEnergyCounter:
-    """``nvmlDeviceGetTotalEnergyConsumption`` summed over the given NVML device indices (Volta and newer).
-
-    ``read_kwh()`` is the energy since the counter object was made, or None when unavailable: make it when the
-    window it must match opens (``EnergyMonitor`` makes it right after CodeCarbon's own start).
-    """
-
-    def __init__(self, indices: Sequence[int]) -> None:
-        self.available = False
-        self._handles: list = []
-        self._start_mj = 0
-        self._nvml = None
-        try:
-            self._nvml = open_nvml()
-            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
-            self._start_mj = self._total_mj()
-        except NvmlUnavailable as e:  # no driver, no library: say which, train on
-            self.description = f"unavailable: {e}"
-            return
-        except Exception as e:  # a pre-Volta GPU, a device gone
-            self.description = f"unavailable: {nvml_reason(e)}"
-            return
-        if not self._handles:
-            self.description = "unavailable: no GPU given to read"
-            return
-        self.available = True
-        self.description = f"NVML total-energy counter (measured), GPU {','.join(str(i) for i in indices)}"
-
-    def _total_mj(self) -> int:
-        return sum(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self._handles)
-
-    def read_kwh(self) -> Optional[float]:
-        if not self.available:
-            return None
-        try:
-            return (self._total_mj() - self._start_mj) / MJ_PER_KWH
-        except Exception as e:
-            self.available, self.description = False, f"unavailable: stopped answering ({nvml_reason(e)})"
-            log.warning("NVML energy counter: %s", self.description)
-            return None
-
 
 
 class RaplEnergyCounter:
@@ -131,3 +80,11 @@ class RaplEnergyCounter:
     def close(self) -> None:
         if self.available:
             self._stop.set()
+
+
+def _open(gpu_ids: Sequence[int]) -> EnergyCounter:
+    return RaplEnergyCounter()
+
+
+SPEC = CounterSpec("rapl_cpu_energy_kwh", "cpu", "RAPL counters", "the CPU packages' RAPL counters", _open,
+                   discrepancy="cpu_energy_discrepancy_pct", provenance="cpu_counter")
