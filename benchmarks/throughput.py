@@ -48,7 +48,7 @@ from eemlflow.measure.gpu_ids import default_device_order, measured_gpu_ids  # n
 from eemlflow.measure.units import J_PER_KWH  # noqa: E402
 from eemlflow.sweep import load_grid  # noqa: E402
 from eemlflow.training.config import TrainConfig  # noqa: E402
-from eemlflow.training.data import load_data  # noqa: E402
+from eemlflow.training.datasets import load_data  # noqa: E402
 from eemlflow.training.recipe import (build_recipe, device_identity, resolve_device, synchronizer,  # noqa: E402
                                       train_loss_fn, train_step)
 

@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from eemlflow.training.data import load_data
+from eemlflow.training.datasets import load_data
 from eemlflow.errors import EemlflowError
 from cifar_files import write_cifar10, write_cifar100
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from eemlflow.training.config import TrainConfig
-from eemlflow.training.data import load_data
+from eemlflow.training.datasets import load_data
 from eemlflow.training.recipe import build_recipe, eval_step, train_loss_fn, train_step
 
 TINY = TrainConfig(model="test_resnet", dataset="digits", epochs=10, batch_size=64, img_size=32, workers=0)

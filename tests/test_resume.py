@@ -267,7 +267,7 @@ def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settin
     from eemlflow.store import connect
     from eemlflow.store.run import TrainingRun
     from eemlflow.training.config import BUDGET, EXECUTION, RESULT, settings_of
-    from eemlflow.training.data import load_data
+    from eemlflow.training.datasets import load_data
     from test_sweep import OTHER_CELL, SAME_CELL
 
     cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, batch_size=32, img_size=16, workers=0)

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from eemlflow.errors import EemlflowError
 from eemlflow.store import schema
 from eemlflow.training.config import TrainConfig
-from eemlflow.training.data import load_data
+from eemlflow.training.datasets import load_data
 from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.runner import RunOutcome, _close, train_run
 from eemlflow.store import connect

@@ -20,11 +20,12 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from eemlflow.measure.units import J_PER_KWH, WH_PER_KWH
+from eemlflow.training.datasets import REGISTRY
 
 COLUMNS: tuple[str, ...] = ("energy_wh_per_epoch", "j_per_image", "top1_per_kwh", "pareto")
 UNITS = {"energy_wh_per_epoch": "Wh", "j_per_image": "J", "top1_per_kwh": "% / kWh", "pareto": ""}
-# Training-set sizes of the study's datasets, for rows that do not carry ``train_images`` (a published CSV).
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1_438}
+# Training-set sizes of the known datasets, for rows that do not carry ``train_images`` (a published CSV).
+TRAIN_IMAGES = {spec.name: spec.train_images for spec in REGISTRY.values() if spec.train_images}
 
 
 def images_seen(dataset: Optional[str], epochs: Optional[int], batch_size: Optional[int],

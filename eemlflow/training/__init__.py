@@ -7,7 +7,8 @@ and numpy — nothing of energy measurement, MLflow or the command lines, so tha
 """
 
 from eemlflow.training.config import TrainConfig
-from eemlflow.training.data import ImageData, check_available, load_data
+from eemlflow.training.data import ImageData
+from eemlflow.training.datasets import check_available, load_data
 from eemlflow.training.models import check_model_name, create_model
 from eemlflow.training.recipe import (EpochResult, Recipe, build_recipe, device_identity, eval_step, resolve_device,
                                       run_epochs, synchronizer, train_loss_fn, train_step)

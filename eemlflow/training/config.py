@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from eemlflow.errors import EemlflowError
+from eemlflow.training.datasets import dataset_spec
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "digits", "synthetic")
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
 MODES: tuple[str, ...] = ("faithful", "fast")
 DATA_PATHS: tuple[str, ...] = ("cpu", "gpu")
@@ -72,10 +72,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "model is empty: give a timm model name, e.g. resnet18")
-        _check(
-            self.dataset in DATASETS,
-            f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}",
-        )
+        dataset_spec(self.dataset)
         _check(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
         _check(self.epochs > 0, f"epochs must be a positive integer, got {self.epochs}")
         _check(self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size}")

@@ -20,35 +20,9 @@ import torch
 from PIL import Image
 
 from eemlflow.errors import EemlflowError
+from eemlflow.training.datasets import CIFAR_URL, DatasetSpec
 
 log = logging.getLogger(__name__)
-
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
-
-
-@dataclass(frozen=True)
-class CifarLayout:
-    """Where torchvision's CIFAR download puts each file, and which key holds the labels."""
-
-    title: str
-    folder: str
-    train_files: tuple[str, ...]
-    test_file: str
-    label_key: str
-    num_classes: int
-    archive: str
-
-
-CIFAR: dict[str, CifarLayout] = {
-    "cifar10": CifarLayout(
-        "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-        "labels", 10, "cifar-10-python.tar.gz",
-    ),
-    "cifar100": CifarLayout(
-        "CIFAR-100", "cifar-100-python", ("train",), "test", "fine_labels", 100, "cifar-100-python.tar.gz",
-    ),
-}
-
 
 class ArrayImageDataset(torch.utils.data.Dataset):
     """HWC uint8 RGB images and int labels, served as PIL images through ``transform``.
@@ -87,53 +61,25 @@ class ImageData:
     synthetic: bool = False
 
 
-def load_data(name: str, data_dir: str | Path = "data", download: bool = False) -> ImageData:
-    """Load a dataset by name. CIFAR files must be under ``data_dir`` unless ``download`` is set."""
-    if name in CIFAR:
-        return _load_cifar(CIFAR[name], name, Path(data_dir), download)
-    if name == "digits":
-        return _load_digits()
-    if name == "synthetic":
-        return _make_synthetic()
-    raise EemlflowError(f"unknown dataset {name!r}: choose one of cifar10, cifar100, digits, synthetic")
-
-
-def check_available(name: str, data_dir: str | Path = "data", download: bool = False) -> None:
-    """Raise ``EemlflowError`` naming the missing files when a dataset cannot be loaded (cheap: no reading)."""
-    layout = CIFAR.get(name)
-    if layout is None or download:
-        return
-    folder = Path(data_dir) / layout.folder
-    missing = _missing_files(layout, folder)
-    if missing:
-        raise EemlflowError(
-            f"{layout.title} files missing in {folder}: {', '.join(missing)}. Download {layout.archive} from "
-            f"{CIFAR_URL} and extract it into {data_dir}/, or add -P download=true (--download) on a machine "
-            "with internet access"
-        )
-
-
-def _missing_files(layout: CifarLayout, folder: Path) -> list[str]:
-    return [f for f in (*layout.train_files, layout.test_file) if not (folder / f).is_file()]
-
-
-def _load_cifar(layout: CifarLayout, name: str, data_dir: Path, download: bool) -> ImageData:
+def load_cifar(spec: DatasetSpec, data_dir: Path, download: bool) -> ImageData:
+    """CIFAR-10/100 from torchvision's on-disk python format under ``data_dir`` (downloaded first if asked)."""
+    layout = spec.cifar
     folder = data_dir / layout.folder
-    if download and _missing_files(layout, folder):
-        _download_cifar(name, data_dir)
-    check_available(name, data_dir)
+    if download and spec.missing(data_dir):
+        _download_cifar(spec.name, data_dir)
+    spec.check(data_dir)
     train = [_read_batch(folder / f, layout.label_key) for f in layout.train_files]
     test = _read_batch(folder / layout.test_file, layout.label_key)
     images = np.concatenate([b[0] for b in train])
     labels = np.concatenate([b[1] for b in train])
     for split, split_labels in (("training", labels), ("test", test[1])):
-        if split_labels.size and (split_labels.min() < 0 or split_labels.max() >= layout.num_classes):
+        if split_labels.size and (split_labels.min() < 0 or split_labels.max() >= spec.num_classes):
             raise EemlflowError(
-                f"{layout.title} {split} labels in {folder} fall outside 0-{layout.num_classes - 1}: "
+                f"{spec.title} {split} labels in {folder} fall outside 0-{spec.num_classes - 1}: "
                 "the files are not a real copy of the dataset"
             )
     return ImageData(
-        name, ArrayImageDataset(images, labels), ArrayImageDataset(*test), layout.num_classes, str(folder.resolve())
+        spec.name, ArrayImageDataset(images, labels), ArrayImageDataset(*test), spec.num_classes, str(folder.resolve())
     )
 
 
@@ -164,7 +110,7 @@ def _download_cifar(name: str, data_dir: Path) -> None:
         raise EemlflowError(f"could not download {name} into {data_dir}: {e}") from None
 
 
-def _load_digits() -> ImageData:
+def load_digits(spec: DatasetSpec, data_dir: Path, download: bool) -> ImageData:
     """scikit-learn's 1,797 8x8 digits (16 grey levels), as RGB uint8, split 80/20 with a fixed seed.
 
     Read from the file scikit-learn ships (``load_digits`` reads the same one), without importing scikit-learn:
@@ -176,13 +122,8 @@ def _load_digits() -> ImageData:
     order = np.random.default_rng(0).permutation(len(images))
     n_eval = len(images) // 5
     ev, tr = order[:n_eval], order[n_eval:]
-    return ImageData(
-        "digits",
-        ArrayImageDataset(images[tr], target[tr]),
-        ArrayImageDataset(images[ev], target[ev]),
-        10,
-        "sklearn.datasets.load_digits",
-    )
+    return ImageData(spec.name, ArrayImageDataset(images[tr], target[tr]), ArrayImageDataset(images[ev], target[ev]),
+                     spec.num_classes, "sklearn.datasets.load_digits")
 
 
 def _digits_table() -> np.ndarray:
@@ -198,11 +139,12 @@ def _digits_table() -> np.ndarray:
         return np.loadtxt(f, delimiter=",")
 
 
-def _make_synthetic(n_train: int = 10_000, n_eval: int = 1_000, num_classes: int = 10) -> ImageData:
+def make_synthetic(spec: DatasetSpec, data_dir: Path, download: bool, n_eval: int = 1_000) -> ImageData:
     """Random 32x32 images with random labels: for throughput only, accuracy means nothing."""
     rng = np.random.default_rng(0)
     def make(n: int) -> ArrayImageDataset:
         return ArrayImageDataset(
-            rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, num_classes, n)
+            rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, spec.num_classes, n)
         )
-    return ImageData("synthetic", make(n_train), make(n_eval), num_classes, "random noise (seed 0)", synthetic=True)
+    return ImageData(spec.name, make(spec.train_images), make(n_eval), spec.num_classes, "random noise (seed 0)",
+                     synthetic=True)
