@@ -14,6 +14,7 @@ from eemlflow.cli import add_verbose, begin, print_error, prog, progress_bar
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.units import J_PER_KWH
 from eemlflow.store.export import DEFAULT_OUTPUT, collect_rows, duplicate_cells, write_csv
+from eemlflow.store.status import FINISHED
 
 
 def summary(frame: pd.DataFrame, output: str, console: Console) -> None:
@@ -59,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from eemlflow.store import connect
 
         client = connect(args.tracking_uri)
-        statuses = ["FINISHED", *[s for arg in (args.status or []) for s in arg.split(",") if s]]
+        statuses = [FINISHED, *[s for arg in (args.status or []) for s in arg.split(",") if s]]
         with progress_bar(console, "reading runs") as update:
             frame = collect_rows(client, args.experiment, dict.fromkeys(s.upper() for s in statuses), args.with_extras,
                                  progress=update)

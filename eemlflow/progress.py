@@ -1,16 +1,22 @@
-"""Progress displays for the command line: a live rich view on a terminal, one line per epoch elsewhere."""
+"""Progress displays for the command line: a live rich view on a terminal, one line per epoch (or sweep event)
+elsewhere. ``RichReporter`` shows a training (``runner.Reporter``), ``RichSweepReporter`` a sweep
+(``sweep.tally.SweepReporter``)."""
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from eemlflow.training.config import TrainConfig
 from eemlflow.measure.readings import EnergyReading
 from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.measure.projection import Projection
+from eemlflow.sweep.tally import SweepView
 from eemlflow.training.recipe import EpochResult
 
 
@@ -82,3 +88,47 @@ class RichReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def sweep_table(view: SweepView) -> Table:
+    """Cells done / resumed / running / failed / pending, elapsed time, the ETA from the cells finished so far, the
+    energy so far and, with a forecast, the energy it says is left."""
+    tally = view.tally
+    eta = "n/a" if view.eta_s is None else f"{view.eta_s / 60:.1f} min"
+    table = Table(title=f"sweep {view.name}")
+    columns = ["cells", "done", "resumed", "running", "failed", "pending", "elapsed", "ETA", "energy"]
+    row = [str(tally.total), str(tally.done + tally.skipped), str(tally.resumed), str(view.running),
+           str(len(tally.failed)), str(view.pending), f"{(time.time() - tally.started) / 60:.1f} min", eta,
+           f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh ({tally.energy_kwh:.4g} kWh)"]
+    if view.forecast_left_kwh is not None:
+        columns.append("forecast left")
+        row.append(f"{view.forecast_left_kwh * WH_PER_KWH:.3f} Wh ({view.forecast_left_kwh:.4g} kWh)")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(*row)
+    return table
+
+
+class RichSweepReporter:
+    """A sweep's events as lines, and on a terminal its live table (``sweep_table``) below them."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._live: Optional[Live] = None
+
+    def note(self, line: str) -> None:
+        self.console.print(line, highlight=False, soft_wrap=True)
+
+    def begin(self, view: SweepView) -> None:
+        if self.console.is_terminal:
+            self._live = Live(sweep_table(view), console=self.console, refresh_per_second=2, transient=True)
+            self._live.start()
+
+    def update(self, view: SweepView) -> None:
+        if self._live is not None:
+            self._live.update(sweep_table(view))
+
+    def end(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

@@ -26,6 +26,7 @@ from eemlflow.training import TrainConfig
 from eemlflow.training.config import RESULT
 from eemlflow.training.checkpoint import (Checkpoint, checkpoint_path, device_change, differing_settings,
                                           load_checkpoint)
+from eemlflow.store.status import FINISHED, RUNNING
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,9 @@ def prepare_resume(client: MlflowClient, cfg: TrainConfig, device_type: str) -> 
         raise EemlflowError(f"no run {run_id} in the tracking store at {client.tracking_uri}: check the run id "
                             "(MLflow UI, or python -m eemlflow.runs stale)") from None
     status = run.info.status
-    if status == "FINISHED":
+    if status == FINISHED:
         raise EemlflowError(f"run {run_id} is FINISHED: there is nothing to resume")
-    if status == "RUNNING" and staleness(run, now=time.time()) is None:
+    if status == RUNNING and staleness(run, now=time.time()) is None:
         beat = Heartbeat.from_tag(run.data.tags.get(schema.HEARTBEAT_TAG))
         where = f" (process {beat.pid} on {beat.host})" if beat else ""
         raise EemlflowError(f"run {run_id} is still being trained{where}: stop it first, or wait for it")
@@ -106,7 +107,7 @@ def _lost_since_checkpoint(run, checkpoint: Checkpoint) -> float:
     at_checkpoint = sum(float(s.get("energy_consumed") or 0.0) for s in segments)
     known = [at_checkpoint]
     logged = run.data.metrics.get(schema.ENERGY_METRIC)
-    if logged is not None and run.info.status != "RUNNING":  # stopped cleanly: it logged its whole total
+    if logged is not None and run.info.status != RUNNING:  # stopped cleanly: it logged its whole total
         known.append(logged)
     beat = Heartbeat.from_tag(run.data.tags.get(schema.HEARTBEAT_TAG))
     if beat is not None and beat.energy_kwh is not None and segments:

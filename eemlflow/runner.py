@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from eemlflow.training.config import TrainConfig
-from eemlflow.training.data import load_data
+from eemlflow.training.datasets import load_data
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.gpu_ids import measured_gpu_ids
 from eemlflow.measure.energy import EnergyMonitor
@@ -35,6 +35,7 @@ from eemlflow.store.liveness import HeartbeatThread
 from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint, unwrapped
 from eemlflow.store.environment import environment
 from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun
+from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def train_run(
     point = prepare_resume(client, cfg, device.type) if cfg.resume else None
 
     run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics, gpu_ids=gpu_ids)
-    outcome = RunOutcome(run.run_id, "RUNNING", run.url)
+    outcome = RunOutcome(run.run_id, RUNNING, run.url)
     progress = _Progress(point)
     ckpt = checkpoint_path(cfg.checkpoint_dir, run.run_id)
     trained: Optional[Callable[[], None]] = None  # logs the trained model (log_model=true)
@@ -162,14 +163,14 @@ def train_run(
                             save()  # the stop is clean: keep every epoch trained for the resume
                         raise
                 monitor.begin_window("epoch")
-        outcome.status = "FINISHED"
+        outcome.status = FINISHED
     except BudgetReached as e:
-        outcome.status, outcome.stopped, outcome.budget = "KILLED", str(e), e.budget
+        outcome.status, outcome.stopped, outcome.budget = KILLED, str(e), e.budget
         outcome.checkpoint = str(ckpt) if ckpt.exists() else None
     except (KeyboardInterrupt, Terminated) as e:
-        outcome.status, outcome.error, interrupted = "KILLED", f"interrupted by {type(e).__name__}", e
+        outcome.status, outcome.error, interrupted = KILLED, f"interrupted by {type(e).__name__}", e
     except Exception as e:  # the run must end FAILED with the error, whatever it was
-        outcome.status, outcome.error = "FAILED", f"{type(e).__name__}: {e}"
+        outcome.status, outcome.error = FAILED, f"{type(e).__name__}: {e}"
         log.error("training failed:\n%s", traceback.format_exc())
     finally:
         if reporter:
@@ -177,7 +178,7 @@ def train_run(
         if heartbeat is not None:
             heartbeat.stop()
         _close(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None)
-    if outcome.status == "FINISHED" and not cfg.keep_checkpoint:
+    if outcome.status == FINISHED and not cfg.keep_checkpoint:
         remove_checkpoint(ckpt)
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
@@ -222,10 +223,10 @@ def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutco
         if monitor is not None:
             outcome.energy = monitor.stop(earlier_segments)
             run.log_energy(outcome.energy)
-            if outcome.status == "FINISHED" and outcome.energy.reading is not None:
+            if outcome.status == FINISHED and outcome.energy.reading is not None:
                 run.log_projection_errors(outcome.energy.reading.energy_kwh, outcome.projections,
                                           resumed=bool(earlier_segments))
-        if outcome.status == "FINISHED" and log_model is not None:
+        if outcome.status == FINISHED and log_model is not None:
             log_model()
         run.finish(outcome.status, outcome.error, outcome.stopped)
         outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)

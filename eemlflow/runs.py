@@ -18,6 +18,7 @@ from rich.table import Table
 
 from eemlflow.cli import configure_logging, print_error, prog
 from eemlflow.errors import EemlflowError
+from eemlflow.store.status import FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +78,8 @@ def _stale(args: argparse.Namespace, console: Console) -> int:
         table.add_row(run.info.run_id, names.get(run.info.experiment_id, ""), run.info.run_name or "", reason,
                       str(beat.epoch) if beat else "?", "yes (resume it)" if here else "no")
         if args.mark_failed:
-            client.log_batch(run.info.run_id, tags=[RunTag(STATUS_TAG, "FAILED"), RunTag(ERROR_TAG, f"stale: {reason}")])
-            client.set_terminated(run.info.run_id, "FAILED")
+            client.log_batch(run.info.run_id, tags=[RunTag(STATUS_TAG, FAILED), RunTag(ERROR_TAG, f"stale: {reason}")])
+            client.set_terminated(run.info.run_id, FAILED)
     Console(width=None if sys.stdout.isatty() else 250).print(table)  # piped: whole run ids, no wrapping
     if args.mark_failed and stale:
         console.print(f"{len(stale)} runs marked FAILED", highlight=False)

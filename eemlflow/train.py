@@ -19,6 +19,7 @@ from eemlflow.cli import (EXIT_BUDGET, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOG
 from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
 from eemlflow.errors import EemlflowError
 from eemlflow.progress import RichReporter, format_energy
+from eemlflow.store.status import FINISHED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         console.print(f"eemlflow: stopped by the {outcome.stopped} (run {outcome.run_id} marked KILLED); {resume}",
                       highlight=False, soft_wrap=True)
         return EXIT_BUDGET
-    if outcome.status != "FINISHED":
+    if outcome.status != FINISHED:
         console.print(f"eemlflow: training failed: {outcome.error} (run {outcome.run_id} marked {outcome.status})",
                       highlight=False, soft_wrap=True)
         return EXIT_FAILED

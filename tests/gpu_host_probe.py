@@ -26,5 +26,7 @@ print(json.dumps({
     "epoch_gpu_energy_kwh": epoch.gpu_energy_kwh, "epoch_nvml_gpu_energy_kwh": epoch.counters.get("nvml_gpu_energy_kwh"),
     "epoch_duration_s": epoch.duration_s, "gpu_method": result.provenance.gpu_method,
     "gpu_ids": result.provenance.gpu_ids, "suspicions": list(result.suspicions),
+    "counters": dict(result.counters), "discrepancies": result.discrepancies(), "epoch_counters": dict(epoch.counters),
+    "tags": result.provenance.as_dict(),
     "system_metrics": system.aggregate_metrics(),
 }))

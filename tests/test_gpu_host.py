@@ -60,16 +60,23 @@ def test_a_cpu_training_on_a_gpu_host_measures_no_gpu_and_charts_none(store, tmp
     assert not [k for k in system if k.startswith("system/gpu")]  # ... without the host's GPUs
 
 
-def test_a_monitor_on_one_gpu_of_the_host_measures_that_gpu_alone_over_codecarbons_window(tmp_path):
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory) -> tuple[dict, int]:
+    """An EnergyMonitor on GPU 1 of the simulated host for 4 s (tests/gpu_host_probe.py), while another process
+    computes on GPU 1: what it measured, and that process's pid."""
     neighbour = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        host = write_host(tmp_path, processes={1: [neighbour.pid], 0: [4242424]})
+        host = write_host(tmp_path_factory.mktemp("host"), processes={1: [neighbour.pid], 0: [4242424]})
         probe = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_host_probe.py"), "1", "4"],
                                env=host_env(host), capture_output=True, text=True, timeout=300)
     finally:
         neighbour.kill()
     assert probe.returncode == 0, probe.stderr[-3000:]
-    got = json.loads(probe.stdout.splitlines()[-1])
+    return json.loads(probe.stdout.splitlines()[-1]), neighbour.pid
+
+
+def test_a_monitor_on_one_gpu_of_the_host_measures_that_gpu_alone_over_codecarbons_window(probed):
+    got, neighbour_pid = probed
     assert got["gpu_count"] == 1 and got["gpu_model"] == "1 x NVIDIA H200"
     assert got["host_gpu_count"] == 2 and got["host_gpu_model"] == "2 x NVIDIA H200"
     assert got["gpu_ids"] == "1" and got["gpu_method"] == "NVML energy counter (measured)"
@@ -78,7 +85,7 @@ def test_a_monitor_on_one_gpu_of_the_host_measures_that_gpu_alone_over_codecarbo
     assert abs(got["discrepancy_pct"]) < 0.5, got  # the counter's run window is CodeCarbon's
     assert got["epoch_nvml_gpu_energy_kwh"] == pytest.approx(got["epoch_gpu_energy_kwh"], rel=0.005)
     flagged = [s for s in got["suspicions"] if "another process" in s]
-    assert flagged == [f"another process (pid {neighbour.pid}) computed on GPU 1 while this run measured it: NVML "
+    assert flagged == [f"another process (pid {neighbour_pid}) computed on GPU 1 while this run measured it: NVML "
                        "counts the whole GPU, so its energy is in this run's gpu_energy"]  # GPU 0's is not ours
     assert not [s for s in got["suspicions"] if "NVML counter" in s]
     assert got["system_metrics"]["gpu_1_power_usage_watts"] == 300.0

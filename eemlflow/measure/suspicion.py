@@ -6,9 +6,6 @@ from __future__ import annotations
 from eemlflow.measure.counters import BY_NAME
 from eemlflow.measure.readings import EnergyResult
 
-# CodeCarbon further than this from a hardware counter over a run makes the run's energy suspect.
-DISCREPANCY_SUSPECT_PCT = 2.0
-
 
 def suspicions(result: EnergyResult, used_gpu: bool) -> list[str]:
     """Reasons to distrust a run's energy figures; each becomes a warning and a tag on the run."""
@@ -18,10 +15,10 @@ def suspicions(result: EnergyResult, used_gpu: bool) -> list[str]:
     for name, counter_kwh in result.counters.items():
         spec = BY_NAME[name]
         pct = discrepancies.get(spec.discrepancy)
-        if pct is not None and abs(pct) > DISCREPANCY_SUSPECT_PCT:
+        if pct is not None and abs(pct) > spec.suspect_pct:
             cc_kwh = getattr(final, spec.codecarbon_figure)
             found.append(f"CodeCarbon's {spec.hardware} energy {cc_kwh:.6g} kWh is {pct:+.1f} % off the {spec.title}'s "
-                         f"{counter_kwh:.6g} kWh (more than {DISCREPANCY_SUSPECT_PCT:g} %)")
+                         f"{counter_kwh:.6g} kWh (more than {spec.suspect_pct:g} %)")
     for gpu, pid in result.other_gpu_pids:
         found.append(f"another process (pid {pid}) computed on GPU {gpu} while this run measured it: NVML counts the "
                      "whole GPU, so its energy is in this run's gpu_energy")

@@ -22,13 +22,14 @@ from eemlflow.errors import EemlflowError
 from eemlflow.store import efficiency, schema
 from eemlflow.store.connect import search_all_runs
 from eemlflow.store.liveness import staleness
+from eemlflow.store.status import ALL, FINISHED
 
 DEFAULT_OUTPUT = Path("Dataset/image_classification/training_energy.csv")
-STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
+STATUSES = ALL
 PROGRESS_EVERY = 500  # runs between progress reports
 
 
-def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = None, statuses: Iterable[str] = ("FINISHED",),
+def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = None, statuses: Iterable[str] = (FINISHED,),
                  with_extras: bool = False, tags: Sequence[str] = (), where: str = "",
                  progress: Optional[Callable[[int], None]] = None) -> pd.DataFrame:
     """One row per eemlflow run (trained or ingested) in ``experiments`` (names; all when None); ``with_extras``
@@ -106,7 +107,7 @@ def duplicate_cells(frame: pd.DataFrame) -> list[str]:
     """One line per set of settings that more than one row shares (a cell trained twice); with a ``status``
     column (``--with-extras``), FINISHED rows only."""
     if "status" in frame:
-        frame = frame[frame["status"] == "FINISHED"]
+        frame = frame[frame["status"] == FINISHED]
     found = []
     for settings, group in frame.groupby(list(CELL_COLUMNS), dropna=False):
         if len(group) > 1:

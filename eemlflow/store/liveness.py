@@ -27,6 +27,7 @@ from eemlflow.errors import EemlflowError
 from eemlflow.store.connect import no_http_retries
 from eemlflow.store.schema import HEARTBEAT_TAG
 from eemlflow.store.writer import env_seconds
+from eemlflow.store.status import RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def process_alive(pid: int) -> bool:
 def staleness(run: Any, stale_after_s: float = DEFAULT_STALE_AFTER_S, now: Optional[float] = None,
               host: Optional[str] = None) -> Optional[str]:
     """Why a RUNNING run is stale, or None while it is alive (or not RUNNING at all)."""
-    if run.info.status != "RUNNING":
+    if run.info.status != RUNNING:
         return None
     now = time.time() if now is None else now
     host = host or socket.gethostname()

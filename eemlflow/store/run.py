@@ -31,7 +31,7 @@ from eemlflow.store import StoreWriter, experiment_id_for
 from eemlflow.store.connect import describe_store_error, no_http_retries
 from eemlflow.store.system_metrics import start_system_metrics
 from eemlflow.store.urls import EXPERIMENT_KIND_TAG, TRAINING_KIND, run_url, ui_hint
-from eemlflow.store.writer import spool_path_for, with_retries
+from eemlflow.store.writer import now_ms, spool_path_for, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class TrainingRun:
                 projected = {**{m.step: m.value for m in history}, **projected}
             except Exception as e:  # scoring is a report: a store hiccup must not fail a finished run
                 log.warning("earlier projections not read back (%s): scoring this process's only", e)
-        now = int(time.time() * 1000)
+        now = now_ms()
         metrics = [Metric(schema.EPOCH.projection_error_pct, error, now, step) for step, value in sorted(projected.items())
                    if (error := projection_error_pct(value, final_kwh)) is not None]
         if metrics:
@@ -272,7 +272,7 @@ class TrainingRun:
 
     def _log(self, params: Optional[dict[str, str]] = None, metrics: Optional[dict[str, float]] = None,
              tags: Optional[dict[str, str]] = None, step: int = 0) -> None:
-        now = int(time.time() * 1000)
+        now = now_ms()
         param_list = [Param(k, v) for k, v in (params or {}).items()]
         for i in range(0, max(len(param_list), 1), MAX_PARAMS_PER_BATCH):
             self.writer.log_batch(

@@ -23,6 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFL
 
 from eemlflow.measure.counters import REGISTRY as COUNTERS
 from eemlflow.measure.counters import CounterSpec
+from eemlflow.training.datasets import NAMES as DATASET_NAMES
 
 Kind = Literal["info", "param", "metric", "tag"]
 
@@ -63,7 +64,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("experiment_id", "info", str, doc="MLflow experiment id (ingested rows keep their own)"),
     Column("experiment_name", "info", str, doc="MLflow experiment name"),
     Column("model", "param", str, doc="timm model name"),
-    Column("dataset", "param", str, doc="cifar10 / cifar100 / digits / synthetic"),
+    Column("dataset", "param", str, doc=" / ".join(DATASET_NAMES)),
     Column("epochs", "param", int, doc="number of training epochs"),
     Column("batch_size", "param", int, doc="training batch size"),
     _cc("duration", "metric", float, "s"),

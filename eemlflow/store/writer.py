@@ -12,6 +12,7 @@ Errors that are not transient (a param changed, a permission refused) are raised
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -39,6 +40,11 @@ _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "SERVIC
 _TRANSIENT_TEXT = ("failed with exception", "failed with timeout exception", "database is locked",
                    "connection refused", "connection reset", "max retries exceeded", "remotedisconnected",
                    "server closed the connection", "could not connect to server", "connection timed out")
+
+
+def now_ms() -> int:
+    """The time MLflow stamps a record with: milliseconds since the epoch."""
+    return int(time.time() * 1000)
 
 
 def env_seconds(name: str, default: float, minimum: float = 0.0) -> float:
@@ -101,6 +107,23 @@ def with_retries(call: Callable[[], T], what: str, window_s: Optional[float] = N
             delay = min(delay * 2, MAX_BACKOFF_S)
 
 
+class RetryingWrites:
+    """An MLflow client whose calls are retried on transient store errors (``with_retries``): what a sweep writes of
+    its own (child runs, tags, totals) rides out a store hiccup as its trainings' records do."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Callable[..., object]:
+        method = getattr(self._client, name)
+
+        @functools.wraps(method)
+        def retried(*args: object, **kwargs: object) -> object:
+            return with_retries(lambda: method(*args, **kwargs), f"{name} on the store")
+
+        return retried
+
+
 class StoreWriter:
     """Sends one run's records to the store, or to its spool file when the store stays away.
 
@@ -125,7 +148,7 @@ class StoreWriter:
                       "params": [[p.key, p.value] for p in params], "tags": [[t.key, t.value] for t in tags]})
 
     def set_terminated(self, status: str, end_time_ms: Optional[int] = None) -> None:
-        self._submit({"op": "set_terminated", "status": status, "end_time": end_time_ms or int(time.time() * 1000)})
+        self._submit({"op": "set_terminated", "status": status, "end_time": end_time_ms or now_ms()})
 
     def _submit(self, record: dict) -> None:
         if self._spooled:

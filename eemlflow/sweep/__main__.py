@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # for type hints only
 REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, add_verbose, configure_logging, print_error, prog
 from eemlflow.errors import EemlflowError
+from eemlflow.progress import RichSweepReporter
 from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.store.schema import PARENT_RUN_TAG
 from eemlflow.store.urls import run_url, ui_hint
@@ -34,8 +35,10 @@ from eemlflow.measure.gpu_ids import check_one_measurer
 from eemlflow.sweep.calibration_process import Forecasts, forecast_on
 from eemlflow.sweep.forecast import grid_total
 from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
-from eemlflow.sweep.launch import Launcher, LocalLauncher
+from eemlflow.sweep.executors import REGISTRY as EXECUTORS
+from eemlflow.sweep.executors import ExecutorOptions, create_executor, executor_class
 from eemlflow.sweep.scheduler import Sweep
+from eemlflow.store.status import FAILED, FINISHED, KILLED
 
 
 def dry_run(client: MlflowClient, grid: Grid, experiment_id: Optional[str], console: Console) -> None:
@@ -62,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], dest="overrides", help="override a setting in every cell: key=value")
     p.add_argument("--retries", default="1", help="extra attempts for a failed cell (default 1)")
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one cell per GPU at a time")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
+    p.add_argument("--executor", default="local", choices=list(EXECUTORS),
                    help="local: processes on this machine (default); ray: Ray tasks on a cluster")
     p.add_argument("--ray-address", default="", help="with --executor ray: `auto` or HOST:PORT to join a running "
                    "cluster; empty (default) starts a local Ray on this machine")
@@ -101,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             exp = client.get_experiment_by_name(args.experiment or grid.experiment)
             dry_run(client, grid, exp.experiment_id if exp else None, Console())
             return 0
-        if args.executor == "local":
+        if executor_class(args.executor).checks_data_here:
             check_data(grid)  # on a cluster the data lives on the nodes: each cell checks its own
         budget = _positive_float(args.budget_kwh, "--budget-kwh") if args.budget_kwh.strip() else None
         forecasts = None
@@ -112,7 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             forecasts = forecast(todo, console, gpus[0] if gpus else None)
             if args.forecast == "only":
                 return 0
-        launcher = make_launcher(args, gpus, mlflow.get_tracking_uri())
+        executor = create_executor(args.executor, ExecutorOptions(
+            mlflow.get_tracking_uri(), gpus, args.ray_address,
+            _positive_float(args.ray_cpus_per_cell, "--ray-cpus-per-cell")))
     except EemlflowError as e:
         return print_error(console, e)
     try:
@@ -120,23 +125,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if forecasts is not None:
             log_forecast(client, parent_id, forecasts.cells, forecasts.where)
     except BaseException:
-        launcher.close()
+        executor.close()
         raise
-    sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus, console,
+    sweep = Sweep(client, grid, experiment_id, parent_id, mlflow.get_tracking_uri(), retries, gpus,
+                  RichSweepReporter(console),
                   skip_running=args.skip_running,
                   forecasts={f.cell.cell_id: f for f in forecasts.cells} if forecasts else None, budget_kwh=budget,
-                  launcher=launcher)
+                  executor=executor)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
-    status = "FAILED"
+    status = FAILED
     try:
         tally = sweep.run()
-        status = "FAILED" if tally.failed or tally.stopped or tally.over_budget else "FINISHED"
+        status = FAILED if tally.failed or tally.stopped or tally.over_budget else FINISHED
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = KILLED
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
-        launcher.close()
+        executor.close()
         close_parent(client, grid, experiment_id, parent_id, status)
     if args.no_report.lower() not in ("true", "1", "yes"):
         log_report(client, grid, experiment_id, parent_id, console)
@@ -153,18 +159,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console.print(f"see it: {run_url(uri, experiment_id, parent_id)} (its cells nested under it){ui_hint(uri)}",
                   highlight=False, soft_wrap=True)
     return EXIT_FAILED if tally.failed or tally.stopped or tally.over_budget else 0
-
-
-def make_launcher(args: argparse.Namespace, gpus: Sequence[str], tracking_uri: str) -> Launcher:
-    """The local processes, or Ray tasks on the cluster ``--ray-address`` names (a local Ray when empty)."""
-    if args.executor == "local":
-        return LocalLauncher(gpus)
-    if gpus:
-        raise EemlflowError("--gpus is for the local executor: on Ray, each cell asks Ray for one GPU")
-    from eemlflow.sweep.ray_executor import RayLauncher
-
-    cpus = _positive_float(args.ray_cpus_per_cell, "--ray-cpus-per-cell")
-    return RayLauncher(args.ray_address.strip() or None, tracking_uri, cpus)
 
 
 def log_report(client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, console: Console) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -17,6 +16,8 @@ from eemlflow.store.schema import (CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, FO
                                    SWEEP_TAG)
 from eemlflow.sweep.forecast import CellForecast, grid_total, to_csv
 from eemlflow.sweep.grid import Grid
+from eemlflow.store.status import FINISHED, RUNNING
+from eemlflow.store.writer import RetryingWrites, now_ms
 
 FORECAST_ARTIFACT = "forecast/forecast.csv"
 FORECAST_WHERE_TAG = "eemlflow.forecast_calibrated_on"  # the GPU and process the forecast was calibrated in
@@ -38,11 +39,11 @@ def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, CellState
         runs.setdefault(run.data.tags[CELL_TAG], []).append(run)
     states: dict[str, CellState] = {}
     for cell_id, cell_runs in runs.items():
-        done = [r for r in cell_runs if r.info.status == "FINISHED"]
+        done = [r for r in cell_runs if r.info.status == FINISHED]
         latest = max(cell_runs, key=lambda r: r.info.start_time or 0)
         if done:
             states[cell_id] = CellState("done", done[0].info.run_id, done[0].data.metrics.get(ENERGY_METRIC, 0.0))
-        elif latest.info.status == "RUNNING" and staleness(latest) is None:
+        elif latest.info.status == RUNNING and staleness(latest) is None:
             states[cell_id] = CellState("running", latest.info.run_id)
         elif has_checkpoint(latest):
             states[cell_id] = CellState("resumable", latest.info.run_id)
@@ -59,6 +60,7 @@ def has_checkpoint(run) -> bool:
 def open_parent(client: MlflowClient, grid: Grid, experiment: Optional[str]) -> tuple[str, str]:
     """(experiment id, parent run id): ``mlflow run``'s run if launched so, else this grid's earlier parent
     (reopened, so a resumed sweep stays one parent), else a new one."""
+    client = RetryingWrites(client)
     if os.environ.get("MLFLOW_RUN_ID"):
         run = client.get_run(os.environ["MLFLOW_RUN_ID"])
         return run.info.experiment_id, run.info.run_id
@@ -66,7 +68,7 @@ def open_parent(client: MlflowClient, grid: Grid, experiment: Optional[str]) -> 
     earlier = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{grid.sweep_id}'",
                                  max_results=1)
     if earlier:
-        client.update_run(earlier[0].info.run_id, status="RUNNING")
+        client.update_run(earlier[0].info.run_id, status=RUNNING)
         return experiment_id, earlier[0].info.run_id
     run = client.create_run(experiment_id, run_name=f"sweep-{grid.name}", tags={SWEEP_TAG: grid.sweep_id})
     return experiment_id, run.info.run_id
@@ -74,13 +76,14 @@ def open_parent(client: MlflowClient, grid: Grid, experiment: Optional[str]) -> 
 
 def close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, status: str) -> None:
     """The parent's totals cover every FINISHED cell of the grid, from this and earlier invocations."""
+    client = RetryingWrites(client)
     from mlflow.entities import Metric
 
     ids = {c.cell_id for c in grid.cells}
     done = [r for r in search_all_runs(client, [experiment_id], "attributes.status = 'FINISHED'")
             if r.data.tags.get(CELL_TAG) in ids]
     finished = {r.data.tags[CELL_TAG] for r in done}
-    now = int(time.time() * 1000)
+    now = now_ms()
     totals = {
         SWEEP.cells: len(ids),
         SWEEP.done: len(finished),
@@ -97,9 +100,10 @@ def close_parent(client: MlflowClient, grid: Grid, experiment_id: str, parent_id
 def log_forecast(client: MlflowClient, parent_id: str, forecasts: list[CellForecast], where: str) -> None:
     """The grid's forecast on its parent run: totals as metrics, every cell's in ``forecast/forecast.csv``, where
     it was calibrated as a tag."""
+    client = RetryingWrites(client)
     from mlflow.entities import Metric
 
-    total, now = grid_total(forecasts), int(time.time() * 1000)
+    total, now = grid_total(forecasts), now_ms()
     client.log_batch(parent_id, metrics=[Metric(FORECAST.grid_energy_kwh, total.energy_kwh, now, 0),
                                          Metric(FORECAST.grid_duration_s, total.duration_s, now, 0),
                                          Metric(FORECAST.grid_emissions_kg, total.emissions_kg, now, 0)])

@@ -1,51 +1,16 @@
-"""Where a cell's training process runs: here (``LocalLauncher``) or on a Ray cluster (``ray_executor``).
-
-A launcher starts ``eemlflow.train`` for a cell and returns a handle the scheduler polls, stops and reads, the
-same for both: ``poll()`` (the exit code, None while running), ``terminate()`` (SIGTERM: the run ends KILLED
-with its energy), ``wait(timeout)``, ``kill()``, ``tail()`` (the output's last line) and ``attaches_log`` (whether
-the output is already on the run, as a Ray task attaches it from its node).
-"""
+"""Cells as processes on this machine, one per slot: a GPU each (``--gpus``), or the machine."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import Optional, Sequence
+
+from eemlflow.sweep.executors import ExecutorOptions, child_env, last_line
 
 
-class Handle(Protocol):
-    attaches_log: bool
-
-    def poll(self) -> Optional[int]: ...
-    def terminate(self) -> None: ...
-    def wait(self, timeout: float) -> bool: ...
-    def kill(self) -> None: ...
-    def tail(self) -> str: ...
-
-
-class Launcher(Protocol):
-    name: str
-    capacity: int  # cells that can run at once
-
-    def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: Optional[str]) -> Handle: ...
-    def describe(self) -> str: ...
-    def close(self) -> None: ...
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
-
-
-def base_env() -> dict[str, str]:
-    """This process's environment without ``mlflow run``'s run variables (each cell gets its own run)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN")}
-
-
-class LocalProcess:
+class LocalJob:
     """A training process on this machine, its output in a file the scheduler attaches to the run."""
 
     attaches_log = False
@@ -74,24 +39,28 @@ class LocalProcess:
         return last_line(Path(self.log_path).read_text(errors="replace"))
 
 
-class LocalLauncher:
+class LocalExecutor:
     """One process a cell on this machine; ``gpus`` are the slots (``CUDA_VISIBLE_DEVICES`` per cell)."""
 
     name = "local"
+    checks_data_here = True  # the cells read the data here
 
     def __init__(self, gpus: Sequence[str] = ()) -> None:
         self.gpus = list(gpus)
-        self.capacity = len(self.gpus) or 1
+        self.slots: list[Optional[str]] = list(self.gpus) or [None]
+
+    @classmethod
+    def from_options(cls, options: ExecutorOptions) -> LocalExecutor:
+        return cls(options.gpus)
 
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: Optional[str]) -> LocalProcess:
-        full = {**base_env(), **env}
-        if gpu is not None:
-            full.update(CUDA_VISIBLE_DEVICES=gpu, CUDA_DEVICE_ORDER="PCI_BUS_ID")
+              gpu: Optional[str]) -> LocalJob:
+        gpu_env = {"CUDA_VISIBLE_DEVICES": gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if gpu is not None else {}
+        full = child_env({**env, **gpu_env})
         with open(log_path, "w") as out:
             process = subprocess.Popen(list(command), env=full, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)  # Ctrl-C reaches it through the sweep only
-        return LocalProcess(process, log_path)
+        return LocalJob(process, log_path)
 
     def describe(self) -> str:
         """Where the cells run, for the sweep's first line."""

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from urllib.parse import urlparse
 
 from eemlflow.errors import EemlflowError
-from eemlflow.sweep.launch import last_line
+from eemlflow.sweep.executors import ExecutorOptions, child_env, last_line
 
 POLL_S = 0.2  # how often the task looks at its training process (so a cancellation is seen at once)
 STOP_WAIT_S = 120.0  # how long a stopped training may take to close its run before it is killed
@@ -35,7 +35,6 @@ def check_tracking_uri(tracking_uri: str, nodes: int) -> None:
 
 def _train_cell(command: Sequence[str], env: dict[str, str], run_id: str, log_name: str) -> dict:
     """The Ray task: run one cell's training here, attach its output to the run, return how it ended."""
-    import os
     import shutil
     import signal
     import socket
@@ -48,8 +47,7 @@ def _train_cell(command: Sequence[str], env: dict[str, str], run_id: str, log_na
     import ray
     from mlflow.tracking import MlflowClient
 
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN")}
-    full.update(env)
+    full = child_env(env)
     gpus = [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
     if gpus:  # the GPU Ray assigned to this task, as physical ids: the training measures that one
         full.update(CUDA_VISIBLE_DEVICES=",".join(gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
@@ -84,7 +82,7 @@ def _train_cell(command: Sequence[str], env: dict[str, str], run_id: str, log_na
     return {"returncode": process.returncode, "tail": tail, "host": host}
 
 
-class RayTask:
+class RayJob:
     """A cell's Ray task, seen through the scheduler's process handle."""
 
     attaches_log = True
@@ -127,10 +125,11 @@ class RayTask:
         return (self._result or {}).get("tail", "still running")
 
 
-class RayLauncher:
+class RayExecutor:
     """Cells as Ray tasks on a running cluster (``address``: ``auto`` or ``HOST:PORT``) or on a local Ray it starts."""
 
     name = "ray"
+    checks_data_here = False  # the data lives on the nodes: each cell checks its own
 
     def __init__(self, address: Optional[str], tracking_uri: str, cpus_per_cell: float = 1.0) -> None:
         try:
@@ -154,17 +153,24 @@ class RayLauncher:
         gpus = int(resources.get("GPU", 0))
         if gpus:
             self.options = {"num_gpus": 1, "num_cpus": cpus_per_cell}
-            self.capacity = gpus
+            capacity = gpus
         else:  # a CPU-only cluster: one cell per ``cpus_per_cell`` CPUs
             self.options = {"num_cpus": cpus_per_cell}
-            self.capacity = max(int(resources.get("CPU", 1) // cpus_per_cell), 1)
+            capacity = max(int(resources.get("CPU", 1) // cpus_per_cell), 1)
+        self.slots: list[Optional[str]] = [None] * capacity  # Ray gives each task its GPU
         self._remote = ray.remote(max_retries=0)(_train_cell)
 
+    @classmethod
+    def from_options(cls, options: ExecutorOptions) -> RayExecutor:
+        if options.gpus:
+            raise EemlflowError("--gpus is for the local executor: on Ray, each cell asks Ray for one GPU")
+        return cls(options.ray_address.strip() or None, options.tracking_uri, options.ray_cpus_per_cell)
+
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: Optional[str]) -> RayTask:
+              gpu: Optional[str]) -> RayJob:
         from pathlib import Path
 
-        return RayTask(self._remote.options(**self.options).remote(list(command), env, run_id, Path(log_path).name))
+        return RayJob(self._remote.options(**self.options).remote(list(command), env, run_id, Path(log_path).name))
 
     def describe(self) -> str:
         """Where the cells run, for the sweep's first line."""
@@ -172,7 +178,7 @@ class RayLauncher:
         return f"Ray tasks of {self.options['num_cpus']:g} CPU{'s' if self.options['num_cpus'] != 1 else ''}{gpu} each"
 
     def close(self) -> None:
-        """Leave the cluster (and stop the local Ray this launcher started)."""
+        """Leave the cluster (and stop the local Ray this executor started)."""
         import ray
 
         if ray.is_initialized():

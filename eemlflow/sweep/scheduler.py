@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from mlflow.entities import Metric, RunTag
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.store.liveness import staleness
+from eemlflow.store.writer import RetryingWrites, now_ms
 from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint
 from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.measure.projection import projection_error_pct
@@ -32,8 +30,10 @@ from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENER
                                    PARENT_RUN_TAG, STATUS_TAG, STOPPED_TAG)
 from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
-from eemlflow.sweep.launch import Handle, Launcher, LocalLauncher
-from eemlflow.sweep.tally import Tally, progress_table
+from eemlflow.sweep.executors import Executor, Job
+from eemlflow.sweep.local_executor import LocalExecutor
+from eemlflow.sweep.tally import SweepReporter, SweepView, Tally
+from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Slot:
     gpu: Optional[str]
     cell: Optional[Cell] = None
     run_id: str = ""
-    process: Optional[Handle] = None
+    process: Optional[Job] = None
     started: float = 0.0
     log_path: str = ""
     resumed: bool = False
@@ -59,20 +59,20 @@ class Sweep:
     """Runs the pending cells of a grid under one parent run, one per slot at a time."""
 
     def __init__(self, client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, tracking_uri: str,
-                 retries: int = 1, gpus: Sequence[str] = (), console: Optional[Console] = None,
+                 retries: int = 1, gpus: Sequence[str] = (), reporter: Optional[SweepReporter] = None,
                  skip_running: bool = False, forecasts: Optional[dict[str, CellForecast]] = None,
-                 budget_kwh: Optional[float] = None, launcher: Optional[Launcher] = None) -> None:
+                 budget_kwh: Optional[float] = None, executor: Optional[Executor] = None) -> None:
         """``forecasts``: cell id -> its forecast (logged on its run, scored when it finishes, refined as cells
         finish); ``budget_kwh``: the whole grid's energy, done cells included: no cell starts whose forecast
         would cross it."""
         self.client, self.grid, self.experiment_id, self.parent_id = client, grid, experiment_id, parent_id
+        self.store = RetryingWrites(client)  # the sweep's own writes, retried like a training's
         self.tracking_uri, self.retries, self.skip_running = tracking_uri, retries, skip_running
         self.forecasts, self.budget_kwh = forecasts or {}, budget_kwh
         self.spent_before_kwh = 0.0  # energy of the grid's cells finished by earlier invocations
-        self.launcher = launcher or LocalLauncher(gpus)
-        self.slots = [Slot(g) for g in gpus] if isinstance(self.launcher, LocalLauncher) and gpus else [
-            Slot(None) for _ in range(self.launcher.capacity)]
-        self.console = console or Console(stderr=True)
+        self.executor = executor or LocalExecutor(gpus)
+        self.slots = [Slot(gpu) for gpu in self.executor.slots]
+        self.reporter = reporter or _Quiet()
         self.logs = Path(tempfile.mkdtemp(prefix="eemlflow-sweep-"))
 
     def run(self) -> Tally:
@@ -90,21 +90,18 @@ class Sweep:
                     tally.left_running += 1
                 else:
                     watched[cell.cell_id] = (cell, state.run_id)
-                    self.console.print(f"{cell.config.run_name}: run {state.run_id} is being trained by a live "
-                                       "process; waiting for it (--skip-running leaves it)", highlight=False)
+                    self.reporter.note(f"{cell.config.run_name}: run {state.run_id} is being trained by a live "
+                                       "process; waiting for it (--skip-running leaves it)")
             else:
                 if state is not None and state.state == "failed" and \
-                        self.client.get_run(state.run_id).info.status == "RUNNING":  # stale, nothing to resume
-                    self._end(state.run_id, "FAILED", "stale: its process is gone and left no checkpoint here")
+                        self.client.get_run(state.run_id).info.status == RUNNING:  # stale, nothing to resume
+                    self._end(state.run_id, FAILED, "stale: its process is gone and left no checkpoint here")
                 pending.append((cell, state.run_id if state is not None and state.state == "resumable" else None))
-        self.console.print(f"sweep {self.grid.name}: {len(pending) + len(watched)} cells to train, {len(self.slots)} "
-                           f"at a time ({self.launcher.describe()})", highlight=False)
+        self.reporter.note(f"sweep {self.grid.name}: {len(pending) + len(watched)} cells to train, {len(self.slots)} "
+                           f"at a time ({self.executor.describe()})")
         attempts: Counter = Counter()
-        live = Live(self._table(tally, pending), console=self.console, refresh_per_second=2,
-                    transient=True) if self.console.is_terminal else None
+        self.reporter.begin(self._view(tally, pending))
         try:
-            if live:
-                live.start()
             last_watch = 0.0
             while pending or watched or any(s.process for s in self.slots):
                 for slot in self.slots:
@@ -118,7 +115,7 @@ class Sweep:
                         cell, status = self._collect(slot, tally)
                         if status == "STOPPED":
                             tally.stopped.append(cell.config.run_name)  # its own budget: a retry would stop again
-                        elif status != "FINISHED":
+                        elif status != FINISHED:
                             if attempts[cell.cell_id] <= self.retries:
                                 tally.retried += 1
                                 pending.append((cell, self._resumable(slot.last_run_id)))
@@ -127,20 +124,18 @@ class Sweep:
                 if watched and time.time() - last_watch > WATCH_INTERVAL_S:
                     last_watch = time.time()
                     self._watch(watched, pending, tally)
-                if live:
-                    live.update(self._table(tally, pending))
+                self.reporter.update(self._view(tally, pending))
                 time.sleep(0.2)
         except KeyboardInterrupt:
             self._interrupt(tally)
             raise
         finally:
-            if live:
-                live.stop()
+            self.reporter.end()
             shutil.rmtree(self.logs, ignore_errors=True)  # every log is attached to its run by now
             if tally.forecast_measured_kwh > 0:
                 error = projection_error_pct(tally.forecast_kwh, tally.forecast_measured_kwh)
-                self.client.log_batch(self.parent_id, metrics=[
-                    Metric(FORECAST.grid_error_pct, error, int(time.time() * 1000), 0)])
+                self.store.log_batch(self.parent_id, metrics=[
+                    Metric(FORECAST.grid_error_pct, error, now_ms(), 0)])
         return tally
 
     def _forecast_kwh(self, cell: Cell) -> float:
@@ -158,9 +153,9 @@ class Sweep:
         if committed <= self.budget_kwh:
             return True
         tally.over_budget.append(cell.config.run_name)
-        self.console.print(f"{cell.config.run_name}: not started: with its forecast "
+        self.reporter.note(f"{cell.config.run_name}: not started: with its forecast "
                            f"{ratio * self._forecast_kwh(cell):.4g} kWh the grid would reach {committed:.4g} kWh, over "
-                           f"the budget of {self.budget_kwh:g} kWh", highlight=False, soft_wrap=True)
+                           f"the budget of {self.budget_kwh:g} kWh")
         return False
 
     def _start(self, slot: Slot, cell: Cell, attempt: int, resume: Optional[str] = None) -> None:
@@ -168,26 +163,26 @@ class Sweep:
         env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_EXPERIMENT_ID": self.experiment_id}
         command = cell.command()
         if resume:
-            self.client.log_batch(resume, tags=[RunTag(ATTEMPT_TAG, str(attempt)), RunTag(PARENT_RUN_TAG, self.parent_id)])
+            self.store.log_batch(resume, tags=[RunTag(ATTEMPT_TAG, str(attempt)), RunTag(PARENT_RUN_TAG, self.parent_id)])
             command += ["--resume", resume]
             run_id = resume
         else:
-            run_id = self.client.create_run(self.experiment_id, run_name=cell.config.run_name, tags={
+            run_id = self.store.create_run(self.experiment_id, run_name=cell.config.run_name, tags={
                 PARENT_RUN_TAG: self.parent_id, CELL_TAG: cell.cell_id, ATTEMPT_TAG: str(attempt),
             }).info.run_id
             env["MLFLOW_RUN_ID"] = run_id
         forecast = self.forecasts.get(cell.cell_id)
         if forecast is not None:
-            now = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[
+            now = now_ms()
+            self.store.log_batch(run_id, metrics=[
                 Metric(FORECAST.energy_kwh, forecast.energy_kwh, now, 0),
                 Metric(FORECAST.duration_s, forecast.duration_s, now, 0),
                 Metric(FORECAST.emissions_kg, forecast.emissions_kg, now, 0)])
         slot.log_path = str(self.logs / f"{cell.config.run_name}-{cell.cell_id}-{attempt}.log")
-        slot.process = self.launcher.start(command, env, slot.log_path, run_id, slot.gpu)
+        slot.process = self.executor.start(command, env, slot.log_path, run_id, slot.gpu)
         slot.cell, slot.run_id, slot.started, slot.resumed = cell, run_id, time.time(), bool(resume)
         if resume:
-            self.console.print(f"{cell.config.run_name}: resuming run {resume} from its checkpoint", highlight=False)
+            self.reporter.note(f"{cell.config.run_name}: resuming run {resume} from its checkpoint")
 
     def _resumable(self, run_id: str) -> Optional[str]:
         """``run_id`` when its checkpoint is here (the next attempt continues it), else None (train anew)."""
@@ -197,15 +192,14 @@ class Sweep:
         """Cells a live process trains elsewhere (e.g. a sweep killed before its child): count them once done."""
         for cell_id, (cell, run_id) in list(watched.items()):
             run = self.client.get_run(run_id)
-            if run.info.status == "RUNNING" and staleness(run) is None:
+            if run.info.status == RUNNING and staleness(run) is None:
                 continue
             del watched[cell_id]
-            if run.info.status == "FINISHED":
+            if run.info.status == FINISHED:
                 tally.done += 1
                 tally.energy_kwh += run.data.metrics.get(ENERGY_METRIC, 0.0)
                 tally.emissions_kg += run.data.metrics.get(EMISSIONS_METRIC, 0.0)
-                self.console.print(f"{cell.config.run_name}: FINISHED by the process that was training it",
-                                   highlight=False)
+                self.reporter.note(f"{cell.config.run_name}: FINISHED by the process that was training it")
             else:
                 pending.append((cell, self._resumable(run_id)))
 
@@ -214,13 +208,13 @@ class Sweep:
         cell, run_id = slot.cell, slot.run_id
         run = self.client.get_run(run_id)
         status = run.info.status
-        if status == "RUNNING":
-            status = "FAILED"
+        if status == RUNNING:
+            status = FAILED
             self._end(run_id, status, f"training process exited with code {slot.process.poll()}: "
                                       f"{slot.process.tail()}")
         self._attach_log(slot)
         line = f"{cell.config.run_name}: {status}{' (resumed)' if slot.resumed else ''} in {time.time() - slot.started:.0f} s"
-        if status == "FINISHED":
+        if status == FINISHED:
             measured = run.data.metrics.get(ENERGY_METRIC, 0.0)
             tally.done += 1
             tally.resumed += slot.resumed
@@ -231,7 +225,7 @@ class Sweep:
             forecast = self.forecasts.get(cell.cell_id)
             if forecast is not None and measured > 0 and not slot.resumed:  # a resumed run measured only its rest
                 error = projection_error_pct(forecast.energy_kwh, measured)
-                self.client.log_batch(run_id, metrics=[Metric(FORECAST.error_pct, error, int(time.time() * 1000), 0)])
+                self.store.log_batch(run_id, metrics=[Metric(FORECAST.error_pct, error, now_ms(), 0)])
                 tally.forecast_kwh += forecast.energy_kwh
                 tally.forecast_measured_kwh += measured
                 line += f" (forecast {forecast.energy_kwh * WH_PER_KWH:.3f} Wh, {error:+.0f} %)"
@@ -240,7 +234,7 @@ class Sweep:
             line += f": stopped by its {run.data.tags[STOPPED_TAG]}"
         else:
             line += f" ({slot.process.tail()}); its output: {Path(slot.log_path).name} in the run's artifacts"
-        self.console.print(line, highlight=False, soft_wrap=True)
+        self.reporter.note(line)
         slot.last_run_id = run_id
         slot.cell, slot.process, slot.run_id = None, None, ""
         return cell, status
@@ -248,7 +242,7 @@ class Sweep:
     def _interrupt(self, tally: Tally) -> None:
         """Ctrl-C or SIGTERM: no new cells; running ones get SIGTERM (which a child handles even when it was
         started with SIGINT ignored) and end KILLED with their energy logged."""
-        self.console.print("interrupted: stopping running cells (they end KILLED); rerun the command to resume")
+        self.reporter.note("interrupted: stopping running cells (they end KILLED); rerun the command to resume")
         busy = [s for s in self.slots if s.process is not None]
         for slot in busy:
             slot.process.terminate()
@@ -256,30 +250,46 @@ class Sweep:
             if not slot.process.wait(timeout=120):
                 slot.process.kill()
             deadline = time.time() + CLOSE_WAIT_S  # a remote task may report before its process closed the run
-            while self.client.get_run(slot.run_id).info.status == "RUNNING" and time.time() < deadline:
+            while self.client.get_run(slot.run_id).info.status == RUNNING and time.time() < deadline:
                 time.sleep(0.5)
-            if self.client.get_run(slot.run_id).info.status == "RUNNING":
-                self._end(slot.run_id, "KILLED", "the sweep was stopped and the training process did not close its run")
+            if self.client.get_run(slot.run_id).info.status == RUNNING:
+                self._end(slot.run_id, KILLED, "the sweep was stopped and the training process did not close its run")
             self._attach_log(slot)
 
     def _end(self, run_id: str, status: str, error: str) -> None:
         """End a run its training process could not close, with eemlflow's status and the reason as tags."""
-        self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, status), RunTag(ERROR_TAG, error)])
-        self.client.set_terminated(run_id, status)
+        self.store.log_batch(run_id, tags=[RunTag(STATUS_TAG, status), RunTag(ERROR_TAG, error)])
+        self.store.set_terminated(run_id, status)
 
     def _attach_log(self, slot: Slot) -> None:
         """The child's output, as an artifact of its run (the sweep's temporary folder goes at the end)."""
         if slot.process is not None and slot.process.attaches_log:
             return  # a Ray task attached it from its node
         try:
-            self.client.log_artifact(slot.run_id, slot.log_path)
+            self.store.log_artifact(slot.run_id, slot.log_path)
         except Exception as e:  # an artifact store out of reach must not stop the sweep
             log.warning("could not attach %s to run %s: %s", slot.log_path, slot.run_id, e)
 
-    def _table(self, tally: Tally, pending: deque) -> Table:
+    def _view(self, tally: Tally, pending: deque) -> SweepView:
         left = None
         if self.forecasts:
             left = tally.forecast_ratio * (sum(self._forecast_kwh(c) for c, _ in pending)
                                            + sum(self._forecast_kwh(s.cell) for s in self.slots if s.cell))
-        return progress_table(self.grid.name, tally, len(pending), sum(1 for s in self.slots if s.process is not None),
-                              len(self.slots), left)
+        return SweepView(self.grid.name, tally, len(pending), sum(1 for s in self.slots if s.process is not None),
+                         len(self.slots), left)
+
+
+class _Quiet:
+    """A sweep nobody watches: events go to the log."""
+
+    def note(self, line: str) -> None:
+        log.info("%s", line)
+
+    def begin(self, view: SweepView) -> None:
+        return None
+
+    def update(self, view: SweepView) -> None:
+        return None
+
+    def end(self) -> None:
+        return None

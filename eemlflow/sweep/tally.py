@@ -1,18 +1,17 @@
-"""A sweep's running count (``Tally``) and the live table a terminal shows of it (``progress_table``)."""
+"""A sweep's running count (``Tally``), what a display is shown of it (``SweepView``), and what the sweep tells
+whoever watches it (``SweepReporter``: the command line's rich table is ``eemlflow.progress.RichSweepReporter``)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
-
-from rich.table import Table
-
-from eemlflow.measure.units import WH_PER_KWH
+from typing import Optional, Protocol
 
 
 @dataclass
 class Tally:
+    """What the sweep has done so far: cells by outcome, the energy and emissions they measured."""
+
     total: int
     done: int = 0
     skipped: int = 0
@@ -35,23 +34,38 @@ class Tally:
         return self.forecast_measured_kwh / self.forecast_kwh if self.forecast_kwh > 0 else 1.0
 
 
-def progress_table(name: str, tally: Tally, pending: int, running: int, slots: int,
-                   forecast_left_kwh: Optional[float]) -> Table:
-    """Cells done / resumed / running / failed / pending, elapsed time, the ETA from the cells finished so far, the
-    energy so far and, with a forecast, the energy it says is left (None: no forecast column)."""
-    eta = "n/a"
-    if tally.durations:
-        per_cell = sum(tally.durations) / len(tally.durations)
-        eta = f"{per_cell * (pending + running) / slots / 60:.1f} min"
-    table = Table(title=f"sweep {name}")
-    columns = ["cells", "done", "resumed", "running", "failed", "pending", "elapsed", "ETA", "energy"]
-    row = [str(tally.total), str(tally.done + tally.skipped), str(tally.resumed), str(running),
-           str(len(tally.failed)), str(pending), f"{(time.time() - tally.started) / 60:.1f} min", eta,
-           f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh ({tally.energy_kwh:.4g} kWh)"]
-    if forecast_left_kwh is not None:
-        columns.append("forecast left")
-        row.append(f"{forecast_left_kwh * WH_PER_KWH:.3f} Wh ({forecast_left_kwh:.4g} kWh)")
-    for column in columns:
-        table.add_column(column, justify="right")
-    table.add_row(*row)
-    return table
+@dataclass(frozen=True)
+class SweepView:
+    """The sweep at one moment, for a display: its tally, the cells pending and running, its slots, and the energy
+    its forecast says is left (kWh; None without a forecast)."""
+
+    name: str
+    tally: Tally
+    pending: int
+    running: int
+    slots: int
+    forecast_left_kwh: Optional[float] = None
+
+    @property
+    def eta_s(self) -> Optional[float]:
+        """Seconds to the end at the mean duration of the cells finished so far (None before the first)."""
+        durations = self.tally.durations
+        if not durations:
+            return None
+        return sum(durations) / len(durations) * (self.pending + self.running) / max(self.slots, 1)
+
+
+class SweepReporter(Protocol):
+    """Receives what a sweep does, to show it: one line per event, and its state while it runs."""
+
+    def note(self, line: str) -> None:
+        """One event (a cell started, finished, was not started), as a line for a person."""
+
+    def begin(self, view: SweepView) -> None:
+        """The cells are about to start."""
+
+    def update(self, view: SweepView) -> None:
+        """The sweep's state now (called a few times a second)."""
+
+    def end(self) -> None:
+        """The sweep stopped (finished, interrupted or failed)."""

@@ -56,6 +56,7 @@ class CounterSpec:
     title: str  # how a warning names it: "NVML counter"
     doc: str  # what it reads, for the schema and the README
     open: Callable[[Sequence[int]], EnergyCounter]
+    suspect_pct: float = 2.0  # CodeCarbon further than this from the counter over a run makes the run suspect
     discrepancy: str = ""  # its (CodeCarbon - counter) / counter figure; "<name minus _kwh>_discrepancy_pct"
     provenance: str = ""  # the ``energy.<...>`` tag that says what was read; "<name minus _energy_kwh>_counter"
 
