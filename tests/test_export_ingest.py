@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from eemlflow.store import schema
+from eemlflow.store import convert, schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.store.export import collect_rows, write_csv
 from eemlflow.store.ingest import ingest, read_csv
@@ -75,7 +75,7 @@ def write_rows(path: Path, rows: list[dict], header=schema.COLUMN_NAMES) -> Path
 def typed(path: Path) -> list[dict]:
     """Every cell as its column's type (None when empty), to compare values rather than spellings."""
     with path.open(newline="", encoding="utf-8") as f:
-        return [{k: schema.coerce(v, schema.BY_NAME[k]) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: convert.coerce(v, schema.BY_NAME[k]) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def test_round_trip_gives_the_file_back_value_for_value(store, tmp_path):

@@ -1,4 +1,4 @@
-from eemlflow.store import schema
+from eemlflow.store import convert, schema
 
 # The header of the study's published CSV (SPEC section 1), in order.
 STUDY_HEADER = (
@@ -21,8 +21,8 @@ def test_every_column_has_one_distinct_mlflow_key():
 
 def test_values_round_trip_through_text():
     col_int, col_float = schema.BY_NAME["epochs"], schema.BY_NAME["duration"]
-    assert schema.format_value(schema.coerce("50", col_int)) == "50"
-    assert schema.coerce(16.0, col_int) == 16
+    assert convert.format_value(convert.coerce("50", col_int)) == "50"
+    assert convert.coerce(16.0, col_int) == 16
     x = 1.2345678901234567e-07
-    assert schema.coerce(schema.format_value(x), col_float) == x
-    assert schema.format_value(None) == "" and schema.coerce("", col_float) is None
+    assert convert.coerce(convert.format_value(x), col_float) == x
+    assert convert.format_value(None) == "" and convert.coerce("", col_float) is None

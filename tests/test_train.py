@@ -15,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
-from eemlflow.store import schema
+from eemlflow.store import convert, schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.datasets import load_data
 from eemlflow.measure.energy import EnergyMonitor
@@ -58,7 +58,7 @@ def test_the_readmes_first_command_learns_and_puts_every_study_column_on_the_run
     client = MlflowClient(store)
     assert run.info.status == "FINISHED"
     exp = client.get_experiment(run.info.experiment_id)
-    row = schema.read_run(run, exp.name, schema.COLUMNS)
+    row = convert.read_run(run, exp.name, schema.COLUMNS)
     missing_ok = {"region", "cloud_provider", "cloud_region", "longitude", "latitude", "gpu_model"}
     assert [k for k, v in row.items() if v is None and k not in missing_ok] == []
     assert (row["model"], row["dataset"], row["epochs"], row["batch_size"]) == ("resnet18", "digits", 8, 32)

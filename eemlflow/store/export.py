@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # for type hints only
 
 from eemlflow.atomic import atomic_write
 from eemlflow.errors import EemlflowError
-from eemlflow.store import efficiency, schema
+from eemlflow.store import convert, efficiency, schema
 from eemlflow.store.connect import search_all_runs
 from eemlflow.store.liveness import staleness
 from eemlflow.store.status import ALL, FINISHED
@@ -52,7 +52,7 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
         query = f"tags.`{schema.ROW_TAG}` LIKE '%'" + (f" AND {where}" if where else "")
         for seen, run in enumerate(search_all_runs(client, list(names), query), start=1):
             if run.info.status in status_list and staleness(run, now=now) is None:  # a stale run is no row
-                row = schema.read_run(run, names[run.info.experiment_id], columns)
+                row = convert.read_run(run, names[run.info.experiment_id], columns)
                 row.update({tag: run.data.tags.get(tag) for tag in tags})
                 rows.append(row)
             if progress and seen % PROGRESS_EVERY == 0:
@@ -87,7 +87,7 @@ def experiment_names(client: MlflowClient, wanted: Optional[Sequence[str]]) -> d
 
 def to_text(frame: pd.DataFrame) -> pd.DataFrame:
     """Cells as the CSV writes them: exact float reprs, integers without '.0', empty for missing."""
-    return frame.apply(lambda col: col.map(schema.format_value)) if len(frame) else frame
+    return frame.apply(lambda col: col.map(convert.format_value)) if len(frame) else frame
 
 
 def write_csv(frame: pd.DataFrame, output: str | Path) -> None:

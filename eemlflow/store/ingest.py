@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
-from eemlflow.store import efficiency, schema
+from eemlflow.store import convert, efficiency, schema
 from eemlflow.store.connect import experiment_id_for, search_all_runs
 
 DEFAULT_CODECARBON_EXPERIMENT = "codecarbon-import"
@@ -81,7 +81,7 @@ def read_csv(path: str | Path) -> ParsedFile:
         row = {}
         for col in columns:
             try:
-                row[col.name] = schema.coerce(raw[col.name], col)
+                row[col.name] = convert.coerce(raw[col.name], col)
             except ValueError:
                 raise EemlflowError(
                     f"{path}:{lineno}: column {col.name}: {raw[col.name]!r} is not {_kind(col)}"
@@ -128,7 +128,7 @@ def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] =
 
 def _create_run(client: MlflowClient, experiment_id: str, row: dict) -> None:
     """Three calls per row: create (with tags), one log_batch (params and metrics), terminate."""
-    params, metrics, tags = schema.to_mlflow(row, schema.COLUMNS + schema.EXTRAS)
+    params, metrics, tags = convert.to_mlflow(row, schema.COLUMNS + schema.EXTRAS)
     start_ms, end_ms = _times(row)
     tags.update({
         schema.ROW_TAG: "ingested",

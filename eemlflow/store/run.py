@@ -20,7 +20,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from eemlflow.store import schema
+from eemlflow.store import convert, schema
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
 from eemlflow.measure.readings import EnergyReading, EnergyResult
@@ -124,9 +124,9 @@ class TrainingRun:
         existing = with_retries(lambda: self.client.get_run(self.run_id), "get_run").data.params
         # `mlflow run` has already logged each -P value as typed; logging another spelling would fail. A resumed
         # run keeps its first segment's params (the execution settings of later segments are in its tags).
-        params = {k: schema.format_value(v) for k, v in vars(cfg).items() if k not in existing}
+        params = {k: convert.format_value(v) for k, v in vars(cfg).items() if k not in existing}
         params.update({
-            schema.BASE_LR_PARAM: schema.format_value(cfg.base_lr),
+            schema.BASE_LR_PARAM: convert.format_value(cfg.base_lr),
             schema.INPUT_SIZE_PARAM: "x".join(str(s) for s in input_size),
             schema.NUM_CLASSES_PARAM: str(data.num_classes),
             schema.RESOLVED_DATA_PATH_PARAM: cfg.resolved_data_path,
@@ -228,7 +228,7 @@ class TrainingRun:
         metrics: dict[str, float] = {}
         params: dict[str, str] = {}
         if energy.record is not None:
-            params, metrics, cc_tags = schema.to_mlflow(energy.record.values, schema.CODECARBON_FIELDS)
+            params, metrics, cc_tags = convert.to_mlflow(energy.record.values, schema.CODECARBON_FIELDS)
             tags.update(cc_tags)
             derived = {"avg_cpu_power_w": energy.avg_cpu_power_w, "avg_gpu_power_w": energy.avg_gpu_power_w,
                        "avg_ram_power_w": energy.avg_ram_power_w, "avg_power_w": energy.avg_power_w,
