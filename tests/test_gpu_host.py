@@ -93,6 +93,20 @@ def test_a_monitor_on_one_gpu_of_the_host_measures_that_gpu_alone_over_codecarbo
     assert not [k for k in got["system_metrics"] if not k.startswith("gpu_1_")]
 
 
+def test_a_second_gpu_reading_the_nvml_power_samples_integrated_is_logged_and_compared_like_the_counter(probed):
+    """The power-sample integrator (measure/counters/nvml_power.py, one registry line), read at the same
+    boundaries as the total-energy counter and reported beside it."""
+    got, _ = probed
+    assert got["tags"]["nvml_power_gpu_counter"].startswith(
+        "NVML power samples every 0.1 s, integrated (measured), GPU 1")
+    # GPU 1 draws a steady 300 W: the integral over the run and over the epoch is what the counter says.
+    assert got["counters"]["nvml_power_gpu_energy_kwh"] == pytest.approx(300 * got["duration_s"] / 3.6e6, rel=0.02)
+    assert got["counters"]["nvml_power_gpu_energy_kwh"] == pytest.approx(got["counters"]["nvml_gpu_energy_kwh"],
+                                                                         rel=0.005)
+    assert abs(got["discrepancies"]["nvml_power_gpu_energy_discrepancy_pct"]) < 0.5, got
+    assert got["epoch_counters"]["nvml_power_gpu_energy_kwh"] == pytest.approx(got["epoch_gpu_energy_kwh"], rel=0.005)
+    assert not [s for s in got["suspicions"] if "NVML power samples" in s]
+
 def test_concurrent_trainings_share_the_hosts_cpu_and_ram_as_one_machine_measures_it(store, tmp_path):
     ledger = tmp_path / "host-ledger"
     env = {**host_env(write_host(tmp_path), store, ledger), "OMP_NUM_THREADS": "1"}

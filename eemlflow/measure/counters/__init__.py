@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from eemlflow.measure.counters import nvml_energy, rapl
+from eemlflow.measure.counters import nvml_energy, nvml_power, rapl
 from eemlflow.measure.counters.base import CounterSpec, EnergyCounter, NullCounter
 from eemlflow.measure.counters.nvml_energy import NvmlEnergyCounter
 from eemlflow.measure.counters.rapl import RaplEnergyCounter
 
 REGISTRY: tuple[CounterSpec, ...] = (
     nvml_energy.SPEC,
+    nvml_power.SPEC,
     rapl.SPEC,
 )
 BY_NAME: dict[str, CounterSpec] = {spec.name: spec for spec in REGISTRY}
