@@ -61,7 +61,8 @@ def main() -> int:
     args = p.parse_args()
     rows = []
     for name, executor in (("local", ["--executor", "local", "--gpus", ",".join(str(i) for i in range(args.slots))]),
-                           ("ray", ["--executor", "ray", "--ray-cpus-per-cell", str(max(os.cpu_count() // args.slots, 1))])):
+                           ("ray", ["--executor", "ray",
+                                    "--ray-cpus-per-cell", str(max(os.cpu_count() // args.slots, 1))])):
         with tempfile.TemporaryDirectory(prefix="eemlflow-overhead-") as folder:
             wall, outside = run(executor, Path(folder), args.cells)
         rows.append((name, len(outside), wall, statistics.mean(outside)))

@@ -25,15 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 EXPERIMENT = "store-bench"
 
 
-def writer(uri: str, epochs: int, barrier: "mp.Barrier", results: "mp.Queue") -> None:
+def writer(uri: str, epochs: int, barrier: mp.Barrier, results: mp.Queue) -> None:
     """One training's worth of store traffic; puts (ok, [epoch log seconds], error) on ``results``."""
     latencies: list[float] = []
     try:
-        from eemlflow.training.config import TrainConfig
         from eemlflow.measure.readings import EnergyReading
-        from eemlflow.training.recipe import EpochResult
         from eemlflow.store import connect
         from eemlflow.store.run import TrainingRun
+        from eemlflow.training.config import TrainConfig
+        from eemlflow.training.recipe import EpochResult
     finally:
         barrier.wait()  # every writer has imported torch, timm and MLflow: now all at once
     try:

@@ -33,8 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,8 +49,14 @@ from eemlflow.measure.units import J_PER_KWH  # noqa: E402
 from eemlflow.sweep import load_grid  # noqa: E402
 from eemlflow.training.config import TrainConfig  # noqa: E402
 from eemlflow.training.datasets import load_data  # noqa: E402
-from eemlflow.training.recipe import (build_recipe, device_identity, resolve_device, synchronizer,  # noqa: E402
-                                      train_loss_fn, train_step)
+from eemlflow.training.recipe import (  # noqa: E402
+    build_recipe,
+    device_identity,
+    resolve_device,
+    synchronizer,
+    train_loss_fn,
+    train_step,
+)
 
 VARIANTS = ("step", "faithful", "gpu-path", "fast")
 PREFETCH_FACTOR = 2  # torch DataLoader's default, which timm's create_loader keeps
@@ -94,7 +100,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_steps(recipe, batches, steps: int, after_epoch: Optional[Callable[[int], None]] = None,
+def run_steps(recipe, batches, steps: int, after_epoch: Callable[[int], None] | None = None,
               epoch_steps: int = 0) -> tuple[float, int]:
     """``steps`` training steps from ``batches``; (seconds, images). ``after_epoch`` runs every ``epoch_steps``."""
     loss_fn = train_loss_fn().to(recipe.device)
@@ -170,7 +176,7 @@ def tracking_overhead(cfg: TrainConfig, args, data, device) -> dict:
             monitor.start()
             monitor.begin_window("epoch")
 
-            def after_epoch(epoch: int) -> None:
+            def after_epoch(epoch: int, monitor: EnergyMonitor = monitor) -> None:
                 energy = monitor.end_window("epoch")
                 run.log_epoch(EpochResult(epoch - 1, 1.0, 1.0, 50.0, 90.0, 0.1, steps * cfg.batch_size, 1.0),
                               energy, monitor.so_far())

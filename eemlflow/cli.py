@@ -6,9 +6,8 @@ import argparse
 import logging
 import os
 import sys
-
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -48,14 +47,15 @@ def configure_logging(verbose: bool = False) -> None:
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO" if verbose else "WARNING"
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("codecarbon").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 @contextmanager
-def progress_bar(console: Console, what: str) -> Iterator[Callable[[int, Optional[int]], None]]:
+def progress_bar(console: Console, what: str) -> Iterator[Callable[[int, int | None], None]]:
     """A transient progress line on a terminal for long store work: yields ``update(done, total or None)``."""
     if not console.is_terminal:
         yield lambda done, total=None: None

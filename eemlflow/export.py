@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 from rich.console import Console
@@ -12,7 +12,7 @@ from rich.table import Table
 
 from eemlflow.cli import add_verbose, begin, print_error, prog, progress_bar
 from eemlflow.errors import EemlflowError
-from eemlflow.measure.units import J_PER_KWH
+from eemlflow.measure.units import J_PER_KWH, WH_PER_KWH
 from eemlflow.store.export import DEFAULT_OUTPUT, collect_rows, duplicate_cells, write_csv
 from eemlflow.store.status import FINISHED
 
@@ -33,7 +33,7 @@ def summary(frame: pd.DataFrame, output: str, console: Console) -> None:
         kwh, kg = numeric["energy_consumed"].sum(), numeric["emissions"].sum()
         table.add_row("total", "", str(len(frame)), f"{kwh:.6g}", f"{kg:.6g}", style="bold")
         console.print(table)
-        console.print(f"total energy {kwh:.6g} kWh = {kwh * 1000:.6g} Wh = {kwh * J_PER_KWH:.6g} J; "
+        console.print(f"total energy {kwh:.6g} kWh = {kwh * WH_PER_KWH:.6g} Wh = {kwh * J_PER_KWH:.6g} J; "
                       f"{kg:.6g} kg CO2-eq", highlight=False)
     else:
         console.print(table)
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args, console = begin(build_parser(), argv)
     try:
         from eemlflow.store import connect

@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Optional, Sequence
-
+from collections.abc import Sequence
 
 from eemlflow.cli import add_verbose, begin, print_error, prog, progress_bar
 from eemlflow.errors import EemlflowError
@@ -26,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args, console = begin(build_parser(), argv)
     try:
         parsed = read_csv(args.path)

@@ -5,45 +5,44 @@ elsewhere. ``RichReporter`` shows a training (``runner.Reporter``), ``RichSweepR
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
-from eemlflow.training.config import TrainConfig
-from eemlflow.measure.readings import EnergyReading
-from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.measure.projection import Projection
+from eemlflow.measure.readings import EnergyReading
+from eemlflow.measure.units import G_PER_KG, WH_PER_KWH
 from eemlflow.sweep.tally import SweepView
+from eemlflow.training.config import TrainConfig
 from eemlflow.training.recipe import EpochResult
 
 
-def format_projection(projection: Optional[Projection]) -> str:
+def format_projection(projection: Projection | None) -> str:
     """The whole run's projected cost: energy (Wh, kWh), emissions and measured time."""
     if projection is None:
         return ""
     return (f"projected: {projection.energy_kwh * WH_PER_KWH:.3f} Wh ({projection.energy_kwh:.3g} kWh, "
-            f"{projection.emissions_kg * 1000:.3g} g CO2-eq) in {projection.duration_s:.0f} s")
+            f"{projection.emissions_kg * G_PER_KG:.3g} g CO2-eq) in {projection.duration_s:.0f} s")
 
 
-def format_energy(reading: Optional[EnergyReading]) -> str:
+def format_energy(reading: EnergyReading | None) -> str:
     """Energy as people read it: Wh (and kWh, the CSV's unit) with the emissions."""
     if reading is None:
         return "energy n/a"
-    return f"{reading.energy_wh:.3f} Wh ({reading.energy_kwh:.3g} kWh, {reading.emissions_kg * 1000:.3g} g CO2-eq)"
+    return f"{reading.energy_wh:.3f} Wh ({reading.energy_kwh:.3g} kWh, {reading.emissions_kg * G_PER_KG:.3g} g CO2-eq)"
 
 
 class RichReporter:
     """Epoch and batch bars with loss, elapsed time, ETA and energy so far; plain lines when not a TTY."""
 
-    def __init__(self, console: Optional[Console] = None) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.live = self.console.is_terminal
-        self._progress: Optional[Progress] = None
+        self._progress: Progress | None = None
         self._epochs = self._batches = None
-        self._cfg: Optional[TrainConfig] = None
+        self._cfg: TrainConfig | None = None
 
     def begin(self, cfg: TrainConfig, run_id: str, batches: int, url: str = "") -> None:
         self._cfg = cfg
@@ -61,7 +60,7 @@ class RichReporter:
         self._epochs = self._progress.add_task("epochs ", total=cfg.epochs, info="")
         self._batches = self._progress.add_task("batches", total=batches, info="")
 
-    def batch(self, index: int, batches: int, loss: Optional[float], energy: Optional[EnergyReading]) -> None:
+    def batch(self, index: int, batches: int, loss: float | None, energy: EnergyReading | None) -> None:
         if self._progress is None:
             return
         info = None
@@ -70,7 +69,7 @@ class RichReporter:
         self._progress.update(self._batches, completed=index, total=batches,
                               **({"info": info} if info is not None else {}))
 
-    def epoch(self, result: EpochResult, total: Optional[EnergyReading], projection: Optional[Projection]) -> None:
+    def epoch(self, result: EpochResult, total: EnergyReading | None, projection: Projection | None) -> None:
         epochs = self._cfg.epochs if self._cfg else "?"
         line = (
             f"epoch {result.epoch + 1}/{epochs}  train_loss {result.train_loss:.4f}  eval_loss {result.eval_loss:.4f}  "
@@ -114,7 +113,7 @@ class RichSweepReporter:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self._live: Optional[Live] = None
+        self._live: Live | None = None
 
     def note(self, line: str) -> None:
         self.console.print(line, highlight=False, soft_wrap=True)

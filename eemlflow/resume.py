@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -22,11 +22,10 @@ from mlflow.tracking import MlflowClient
 from eemlflow.errors import EemlflowError
 from eemlflow.store import schema
 from eemlflow.store.liveness import Heartbeat, staleness
-from eemlflow.training import TrainConfig
-from eemlflow.training.config import RESULT
-from eemlflow.training.checkpoint import (Checkpoint, checkpoint_path, device_change, differing_settings,
-                                          load_checkpoint)
 from eemlflow.store.status import FINISHED, RUNNING
+from eemlflow.training import TrainConfig
+from eemlflow.training.checkpoint import Checkpoint, checkpoint_path, device_change, differing_settings, load_checkpoint
+from eemlflow.training.config import RESULT
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ResumePoint:
         return list(self.checkpoint.extra.get("segments") or [])
 
 
-def resume_config(client: MlflowClient, given: Mapping[str, Optional[str]]) -> TrainConfig:
+def resume_config(client: MlflowClient, given: Mapping[str, str | None]) -> TrainConfig:
     """The settings to resume the run ``given["resume"]`` with: those recorded on the run, with the ones given
     (as raw strings; None or empty: not given) over them. A result-changing setting given with another value than
     the run's is refused in one line naming it; execution settings (workers, data_dir, ...) and budgets may

@@ -14,28 +14,35 @@ import socket
 import threading
 import time
 import traceback
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from datetime import datetime, timezone
+from typing import Protocol
 
-from eemlflow.training.config import TrainConfig
-from eemlflow.training.datasets import load_data
 from eemlflow.errors import EemlflowError
-from eemlflow.measure.gpu_ids import measured_gpu_ids
 from eemlflow.measure.energy import EnergyMonitor
-from eemlflow.measure.readings import EnergyReading, EnergyResult
+from eemlflow.measure.gpu_ids import measured_gpu_ids
 from eemlflow.measure.projection import Budgets, Projection, Projector
-from eemlflow.training.recipe import (EpochResult, build_recipe, device_identity, resolve_device, run_epochs,
-                                      synchronizer)
-from eemlflow.training.models import check_model_name
+from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.store import connect
-from eemlflow.store.liveness import HeartbeatThread
-from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint, unwrapped
 from eemlflow.store.environment import environment
+from eemlflow.store.liveness import HeartbeatThread
 from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun
 from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
+from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint, unwrapped
+from eemlflow.training.config import TrainConfig
+from eemlflow.training.datasets import load_data
+from eemlflow.training.models import check_model_name
+from eemlflow.training.recipe import (
+    EpochResult,
+    build_recipe,
+    device_identity,
+    resolve_device,
+    run_epochs,
+    synchronizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +51,8 @@ class Reporter(Protocol):
     """What the runner tells a progress display; the CLI passes a rich one."""
 
     def begin(self, cfg: TrainConfig, run_id: str, batches: int, url: str) -> None: ...
-    def batch(self, index: int, batches: int, loss: Optional[float], energy: Optional[EnergyReading]) -> None: ...
-    def epoch(self, result: EpochResult, total: Optional[EnergyReading], projection: Optional[Projection]) -> None: ...
+    def batch(self, index: int, batches: int, loss: float | None, energy: EnergyReading | None) -> None: ...
+    def epoch(self, result: EpochResult, total: EnergyReading | None, projection: Projection | None) -> None: ...
     def end(self) -> None: ...
 
 
@@ -67,22 +74,22 @@ class RunOutcome:
     status: str
     url: str = ""  # the run's page in the MLflow UI (training view)
     epochs: list[EpochResult] = field(default_factory=list)
-    energy: Optional[EnergyResult] = None
-    error: Optional[str] = None
+    energy: EnergyResult | None = None
+    error: str | None = None
     unlogged: int = 0  # records the store did not take, kept in ``spool_path`` for a replay
-    spool_path: Optional[str] = None
-    stopped: Optional[str] = None  # why a budget stopped the run
-    budget: Optional[str] = None  # which: energy, emissions or time
-    checkpoint: Optional[str] = None  # where a stopped run's checkpoint is (None: it has none)
+    spool_path: str | None = None
+    stopped: str | None = None  # why a budget stopped the run
+    budget: str | None = None  # which: energy, emissions or time
+    checkpoint: str | None = None  # where a stopped run's checkpoint is (None: it has none)
     projections: dict[int, float] = field(default_factory=dict)  # epoch (from 1) -> projected energy, kWh
 
 
 def train_run(
     cfg: TrainConfig,
     *,
-    tracking_uri: Optional[str] = None,
+    tracking_uri: str | None = None,
     experiment_name: str = DEFAULT_EXPERIMENT,
-    reporter: Optional[Reporter] = None,
+    reporter: Reporter | None = None,
     system_metrics: bool = True,
 ) -> RunOutcome:
     """Train ``cfg`` into a new (or ``mlflow run``'s) MLflow run and return how it ended.
@@ -106,10 +113,10 @@ def train_run(
     outcome = RunOutcome(run.run_id, RUNNING, run.url)
     progress = _Progress(point)
     ckpt = checkpoint_path(cfg.checkpoint_dir, run.run_id)
-    trained: Optional[Callable[[], None]] = None  # logs the trained model (log_model=true)
-    monitor: Optional[EnergyMonitor] = None
-    heartbeat: Optional[HeartbeatThread] = None
-    interrupted: Optional[BaseException] = None
+    trained: Callable[[], None] | None = None  # logs the trained model (log_model=true)
+    monitor: EnergyMonitor | None = None
+    heartbeat: HeartbeatThread | None = None
+    interrupted: BaseException | None = None
     try:
         with _sigterm_raises():
             run.log_segment(point.segment if point else 1, socket.gethostname(), os.getpid(),
@@ -130,7 +137,7 @@ def train_run(
             heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()
             if reporter:
                 reporter.begin(cfg, run.run_id, len(recipe.train_loader), run.url)
-            def on_batch(i: int, n: int, loss: Optional[float]) -> None:
+            def on_batch(i: int, n: int, loss: float | None) -> None:
                 if reporter:
                     reporter.batch(i, n, loss, progress.whole_run(monitor.live()))
             budgets = Budgets(cfg.energy_budget_kwh, cfg.emissions_budget_kg, cfg.time_budget_s)
@@ -139,7 +146,8 @@ def train_run(
             saved_at = progress.epochs_done
             def save() -> None:
                 save_checkpoint(ckpt, recipe, cfg, progress.epochs_done,
-                                {"segments": progress.earlier + [monitor.record_so_far() or {}], "written_at": time.time()})
+                                {"segments": progress.earlier + [monitor.record_so_far() or {}],
+                                 "written_at": time.time()})
             for result in run_epochs(recipe, on_batch, start_epoch=progress.epochs_done):
                 energy = monitor.end_window("epoch")
                 total = progress.whole_run(monitor.so_far())
@@ -185,7 +193,7 @@ def train_run(
     return outcome
 
 
-def _check_budgets(budgets: Budgets, spent: Optional[EnergyReading], projector: Projector, epochs_done: int) -> None:
+def _check_budgets(budgets: Budgets, spent: EnergyReading | None, projector: Projector, epochs_done: int) -> None:
     """Before an epoch: raise ``BudgetReached`` when what is spent plus that epoch's projection crosses a budget."""
     breach = budgets.breach(spent, projector.next_epoch())
     if breach is not None:
@@ -195,13 +203,13 @@ def _check_budgets(budgets: Budgets, spent: Optional[EnergyReading], projector: 
 class _Progress:
     """How far this run is (epochs done, across segments) and its earlier segments' energy records."""
 
-    def __init__(self, point: Optional[ResumePoint]) -> None:
+    def __init__(self, point: ResumePoint | None) -> None:
         self.epochs_done = point.checkpoint.epochs_done if point else 0
         self.earlier = point.earlier_segments if point else []
         readings = [EnergyReading.from_values(s) for s in self.earlier]
         self.spent_before = sum(readings[1:], readings[0]) if readings else None  # the earlier segments' energy
 
-    def whole_run(self, segment: Optional[EnergyReading]) -> Optional[EnergyReading]:
+    def whole_run(self, segment: EnergyReading | None) -> EnergyReading | None:
         """This process's energy so far plus the earlier segments': the run's total so far."""
         if segment is None or self.spent_before is None:
             return segment
@@ -209,14 +217,14 @@ class _Progress:
 
     def beat(self, monitor: EnergyMonitor):
         """What the heartbeat reports: epochs done and this process's energy so far (kWh)."""
-        def state() -> tuple[int, Optional[float]]:
+        def state() -> tuple[int, float | None]:
             live = monitor.live()
             return self.epochs_done, live.energy_kwh if live else None
         return state
 
 
-def _close(run: TrainingRun, monitor: Optional[EnergyMonitor], outcome: RunOutcome,
-           earlier_segments: Sequence[dict] = (), log_model: Optional[Callable[[], None]] = None) -> None:
+def _close(run: TrainingRun, monitor: EnergyMonitor | None, outcome: RunOutcome,
+           earlier_segments: Sequence[dict] = (), log_model: Callable[[], None] | None = None) -> None:
     """Log the energy measured so far (all segments) and end the run; signals are held off until this is done.
     A finished run's model (``log_model``) is logged after the energy is measured: it is not training."""
     with _signals_ignored():

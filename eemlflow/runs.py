@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -19,6 +19,7 @@ from rich.table import Table
 from eemlflow.cli import configure_logging, print_error, prog
 from eemlflow.errors import EemlflowError
 from eemlflow.store.status import FAILED
+from eemlflow.training.config import CHECKPOINT_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--tracking-uri", default=None, help="default: the URI recorded in each file")
     stale = commands.add_parser("stale", help="list RUNNING runs whose process is gone")
     stale.add_argument("--older-than", default="10m",
-                       help="heartbeat age after which a run on another host is stale (default 10m; same host: at once)")
+                       help="heartbeat age after which a run on another host is stale (default 10m; same host: "
+                            "at once)")
     stale.add_argument("--mark-failed", action="store_true", help="end them FAILED, with the reason as eemlflow.error")
     stale.add_argument("--experiment", action="append", help="experiment name (repeatable); default: all")
     stale.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     console = Console(stderr=True)
@@ -74,7 +76,7 @@ def _stale(args: argparse.Namespace, console: Console) -> int:
         table.add_column(column, no_wrap=True)
     for run, reason in stale:
         beat = Heartbeat.from_tag(run.data.tags.get(HEARTBEAT_TAG))
-        here = checkpoint_path(run.data.params.get("checkpoint_dir") or "checkpoints", run.info.run_id).exists()
+        here = checkpoint_path(run.data.params.get("checkpoint_dir") or CHECKPOINT_DIR, run.info.run_id).exists()
         table.add_row(run.info.run_id, names.get(run.info.experiment_id, ""), run.info.run_name or "", reason,
                       str(beat.epoch) if beat else "?", "yes (resume it)" if here else "no")
         if args.mark_failed:

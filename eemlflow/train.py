@@ -10,16 +10,24 @@ import argparse
 import dataclasses
 import signal
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from rich.console import Console
 
-from eemlflow.cli import (EXIT_BUDGET, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNLOGGED, add_verbose, configure_logging,
-                          print_error, prog)
-from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
+from eemlflow.cli import (
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_UNLOGGED,
+    add_verbose,
+    configure_logging,
+    print_error,
+    prog,
+)
 from eemlflow.errors import EemlflowError
 from eemlflow.progress import RichReporter, format_energy
 from eemlflow.store.status import FINISHED
+from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A launcher without job control (nohup, a batch script's `&`) starts us with SIGINT ignored: take it back,
     # so that Ctrl-C and the sweep's stop end the run KILLED with its energy instead of being lost.

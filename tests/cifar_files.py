@@ -33,7 +33,7 @@ def write_cifar100(root: Path, train: int = 120, test: int = 40) -> Path:
     folder.mkdir(parents=True)
     for name, n, seed in (("train", train, 1), ("test", test, 2)):
         batch = _batch(n, 100, "fine_labels", seed)
-        batch["coarse_labels"] = [l // 5 for l in batch["fine_labels"]]
+        batch["coarse_labels"] = [ln // 5 for ln in batch["fine_labels"]]
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"f{i}" for i in range(100)]}))
     return folder

@@ -85,8 +85,8 @@ class StreamLines:
     """A process's output read by a thread, so that waiting for a line can time out (``readline`` cannot)."""
 
     def __init__(self, stream) -> None:
-        self._lines: "queue.Queue[str]" = queue.Queue()
-        self._thread = threading.Thread(target=lambda: [self._lines.put(l) for l in iter(stream.readline, "")],
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=lambda: [self._lines.put(ln) for ln in iter(stream.readline, "")],
                                         daemon=True)
         self._thread.start()
         self.seen: list[str] = []

@@ -18,8 +18,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from conftest import cli_env
 
@@ -30,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def postgres_bin() -> Optional[Path]:
+def postgres_bin() -> Path | None:
     """Debian's versioned bin folder of PostgreSQL (initdb and pg_ctl are not on PATH there)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if found:
@@ -76,14 +76,14 @@ class MlflowServer:
     """`mlflow server` on a free loopback port; ``stop()`` and ``start()`` again keep the port and the store."""
 
     def __init__(self, backend_uri: str, workdir: Path, extra_args: tuple[str, ...] = (),
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: dict[str, str] | None = None) -> None:
         self.backend_uri, self.workdir, self.extra_args = backend_uri, Path(workdir), extra_args
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.env = {**cli_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "MlflowServer":
+    def start(self, timeout: float = 120) -> MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.workdir / f"server-{self.port}.log", "a")
         self.process = subprocess.Popen(
@@ -101,7 +101,7 @@ class MlflowServer:
             except OSError:
                 if time.time() > deadline or self.process.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"mlflow server did not start: {self.tail()}")
+                    raise RuntimeError(f"mlflow server did not start: {self.tail()}") from None
                 time.sleep(0.5)
 
     def stop(self) -> None:
@@ -124,7 +124,7 @@ class MlflowServer:
         path = self.workdir / f"server-{self.port}.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
-    def __enter__(self) -> "MlflowServer":
+    def __enter__(self) -> MlflowServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

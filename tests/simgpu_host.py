@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from conftest import REPO, cli_env
 
@@ -17,7 +17,7 @@ MIGS = ("MIG-7a1b2c3d-0000-4000-8000-0000000000a0", "MIG-7a1b2c3d-0000-4000-8000
 
 
 def write_host(folder: Path, watts: Sequence[float] = (100.0, 300.0), name: str = "NVIDIA H200",
-               processes: Optional[dict[int, list[int]]] = None, mig_on: Optional[int] = None) -> Path:
+               processes: dict[int, list[int]] | None = None, mig_on: int | None = None) -> Path:
     """A host with one GPU per entry of ``watts``; ``processes``: GPU index -> pids computing on it;
     ``mig_on``: the GPU split into the two MIG slices ``MIGS``."""
     devices = [{"name": name, "uuid": UUIDS[i] if i < len(UUIDS) else f"GPU-5d9c1a7e-0000-4000-8000-{i:012d}",
@@ -29,7 +29,7 @@ def write_host(folder: Path, watts: Sequence[float] = (100.0, 300.0), name: str 
     return path
 
 
-def host_env(host: Path, tracking_uri: Optional[str] = None, ledger: Optional[Path] = None) -> dict[str, str]:
+def host_env(host: Path, tracking_uri: str | None = None, ledger: Path | None = None) -> dict[str, str]:
     """A command line's environment on the simulated host: its pynvml and nvidia-smi first."""
     env = cli_env(tracking_uri)
     env["PYTHONPATH"] = f"{SIMGPU}{os.pathsep}{env['PYTHONPATH']}"

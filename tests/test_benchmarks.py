@@ -50,7 +50,7 @@ def test_store_benchmark_smoke_run_on_sqlite(tmp_path):
          "--stores", "sqlite"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    [row] = [l for l in result.stdout.splitlines() if l.startswith("fresh sqlite file")]
+    [row] = [ln for ln in result.stdout.splitlines() if ln.startswith("fresh sqlite file")]
     kept, writers, errors = row.split()[3], row.split()[5], row.split()[6]
     assert (kept, writers, errors) == ("3", "3", "0"), result.stdout
     assert "p95 epoch log" in result.stdout

@@ -1,11 +1,11 @@
 import dataclasses
 
-import yaml
 import pytest
-
-from eemlflow.training.config import TrainConfig
-from eemlflow.errors import EemlflowError
+import yaml
 from conftest import REPO
+
+from eemlflow.errors import EemlflowError
+from eemlflow.training.config import TrainConfig
 
 
 def test_mlproject_defaults_are_the_config_defaults():

@@ -2,10 +2,10 @@ import pickle
 
 import numpy as np
 import pytest
-
-from eemlflow.training.datasets import load_data
-from eemlflow.errors import EemlflowError
 from cifar_files import write_cifar10, write_cifar100
+
+from eemlflow.errors import EemlflowError
+from eemlflow.training.datasets import load_data
 
 
 def test_cifar10_reader_loads_the_on_disk_format(tmp_path):

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="no tmux here (`.ci/run` installs it)")
@@ -74,10 +73,10 @@ def test_a_sweep_in_a_terminal_shows_its_live_table_with_eta_and_the_forecast_le
     try:
         # While the second cell trains: one done, an ETA from it, and what the forecast says is left.
         shown = term.wait_for(r"│ +2 │ +1 │ +0 │ +1 │ +0 │ +0 │")
-        header = next(l for l in shown.splitlines() if "cells" in l and "ETA" in l)
+        header = next(ln for ln in shown.splitlines() if "cells" in ln and "ETA" in ln)
         assert [c.strip() for c in header.strip("┃│ ").split("┃")] == [
             "cells", "done", "resumed", "running", "failed", "pending", "elapsed", "ETA", "energy", "forecast left"]
-        row = next(l for l in shown.splitlines() if re.search(r"│ +2 │ +1 │", l))
+        row = next(ln for ln in shown.splitlines() if re.search(r"│ +2 │ +1 │", ln))
         cells = [c.strip() for c in row.strip("│ ").split("│")]
         assert re.fullmatch(r"[\d.]+ min", cells[7]), cells  # the ETA, from the cell that is done
         assert re.fullmatch(r"[\d.]+ Wh \([\d.e-]+ kWh\)", cells[8]) and float(cells[8].split()[0]) > 0, cells

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 from codecarbon.output_methods.emissions_data import EmissionsData
+from conftest import gpu_present, rapl_readable
 
-from eemlflow.measure.energy import EnergyMonitor
-from eemlflow.measure.suspicion import suspicions
 from eemlflow.errors import EemlflowError
-from eemlflow.measure.gpu_ids import nvml_indices
 from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
 from eemlflow.measure.counters import rapl as rapl_module
+from eemlflow.measure.energy import EnergyMonitor
+from eemlflow.measure.gpu_ids import nvml_indices
 from eemlflow.measure.readings import combine_segments
+from eemlflow.measure.suspicion import suspicions
 from eemlflow.measure.units import UJ_PER_KWH
-from conftest import gpu_present, rapl_readable
 
 
 def test_windows_nest_and_add_up():
@@ -111,7 +111,8 @@ def test_hardware_counters_read_where_they_exist_and_say_why_not_elsewhere():
         assert "gpu_energy_discrepancy_pct" in result.discrepancies()
     else:
         assert tags["gpu_counter"] == "not read: training on the CPU"
-        assert "nvml_gpu_energy_kwh" not in epoch.counters and "gpu_energy_discrepancy_pct" not in result.discrepancies()
+        assert "nvml_gpu_energy_kwh" not in epoch.counters
+        assert "gpu_energy_discrepancy_pct" not in result.discrepancies()
     # The NVML reader itself, asked for a GPU here: it reads one, or says in one line why it cannot.
     counter = NvmlEnergyCounter([0])
     if gpu_present():

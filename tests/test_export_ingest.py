@@ -14,18 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import cli_env, run_cli
 from mlflow.tracking import MlflowClient
+from services import MlflowServer
 
-from eemlflow.store import convert, schema
-from eemlflow.training.config import TrainConfig
-from eemlflow.store.export import collect_rows, write_csv
-from eemlflow.store.ingest import ingest, read_csv
-from eemlflow.runner import train_run
-from eemlflow.store import connect
 from eemlflow.export import main as export_main
 from eemlflow.ingest import main as ingest_main
-from conftest import cli_env, run_cli
-from services import MlflowServer
+from eemlflow.runner import train_run
+from eemlflow.store import connect, convert, schema
+from eemlflow.store.export import collect_rows, write_csv
+from eemlflow.store.ingest import ingest, read_csv
+from eemlflow.training.config import TrainConfig
 
 
 def study_rows(n: int) -> list[dict[str, str]]:
@@ -98,10 +97,13 @@ def test_ingesting_twice_adds_nothing(store, tmp_path, run_main):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda rows, header: (rows, [h for h in header if h != "gpu_energy"]), r":1: wrong header: missing columns gpu_energy"),
+    (lambda rows, header: (rows, [h for h in header if h != "gpu_energy"]),
+     r":1: wrong header: missing columns gpu_energy"),
     (lambda rows, header: (rows, [*header, "colour"]), r":1: wrong header: unknown columns colour"),
-    (lambda rows, header: ([*rows[:3], {**rows[3], "epochs": "fifty"}], header), r":5: column epochs: 'fifty' is not an integer"),
-    (lambda rows, header: ([*rows[:2], {**rows[2], "gpu_energy": "1,5"}], header), r":4: column gpu_energy: '1,5' is not a number"),
+    (lambda rows, header: ([*rows[:3], {**rows[3], "epochs": "fifty"}], header),
+     r":5: column epochs: 'fifty' is not an integer"),
+    (lambda rows, header: ([*rows[:2], {**rows[2], "gpu_energy": "1,5"}], header),
+     r":4: column gpu_energy: '1,5' is not a number"),
     (lambda rows, header: ([*rows, rows[1]], header), r":6: column run_id: '.*' repeats line 3"),
     (lambda rows, header: ([*rows[:1], {**rows[1], "run_id": ""}], header), r":3: column run_id is empty"),
     ("ragged", r":4: 41 fields, the header has 42"),
@@ -188,7 +190,7 @@ def test_a_failed_export_leaves_the_previous_csv_intact(store, tmp_path):
                             env=cli_env(store), capture_output=True, text=True, timeout=300,
                             preexec_fn=_file_size_limit(4096))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    [line] = [l for l in result.stderr.splitlines() if l.startswith("eemlflow: error:")]
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("eemlflow: error:")]
     assert "cannot write" in line and "File too large" in line
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -199,7 +201,7 @@ def test_export_refuses_an_unknown_status_and_takes_several_experiments(store, t
     ingest(connect(store), read_csv(write_rows(tmp_path / "s.csv", rows)))
     bad = run_main(export_main, ["--status", "DONE", "--output", "-"], tracking_uri=store)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "unknown run status 'DONE'" in [l for l in bad.stderr.splitlines() if l.startswith("eemlflow: error:")][0]
+    assert "unknown run status 'DONE'" in [ln for ln in bad.stderr.splitlines() if ln.startswith("eemlflow: error:")][0]
     two = run_main(export_main, ["--experiment", "study-é", "--experiment", "study-plain", "--output", "-"],
                    tracking_uri=store)
     assert two.returncode == 0, two.stderr
@@ -241,7 +243,7 @@ def test_export_warns_of_a_cell_exported_twice_naming_both_runs(store, tmp_path,
     ingest(connect(store), read_csv(write_rows(tmp_path / "s.csv", rows)))
     result = run_main(export_main, ["--output", str(tmp_path / "out.csv")], tracking_uri=store)
     assert result.returncode == 0, result.stderr
-    warnings = [l for l in " ".join(result.stderr.split()).split("eemlflow: warning: ")[1:]]
+    warnings = [ln for ln in " ".join(result.stderr.split()).split("eemlflow: warning: ")[1:]]
     assert len(warnings) == 1, result.stderr
     twins = sorted(r["run_id"] for r in rows if r["model"] == "resnet18" and r["dataset"] == "cifar10")
     assert len(twins) == 2 and "2 FINISHED runs share model=resnet18, dataset=cifar10, epochs=50" in warnings[0]

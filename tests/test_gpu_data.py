@@ -15,8 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.datasets import load_data
-from eemlflow.training.recipe import build_recipe, train_loss_fn, train_step
 from eemlflow.training.device_data import DeviceLoader, sample_crop_boxes
+from eemlflow.training.recipe import build_recipe, train_loss_fn, train_step
 
 SIZE = 64
 

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from mlflow.tracking import MlflowClient
+from simgpu_host import MIGS, host_env, write_host
 
 import eemlflow.runner as runner
 from eemlflow.errors import EemlflowError
@@ -22,8 +24,6 @@ from eemlflow.measure.host_share import Window, share
 from eemlflow.runner import train_run
 from eemlflow.training.checkpoint import checkpoint_path
 from eemlflow.training.config import TrainConfig
-from conftest import REPO
-from simgpu_host import MIGS, host_env, write_host
 
 TINY = ["--model", "test_resnet", "--dataset", "digits", "--batch-size", "64", "--img-size", "16", "--workers", "0"]
 
@@ -176,7 +176,7 @@ def test_a_gpus_list_naming_one_gpu_twice_is_refused_and_the_forecast_calibrates
                                             "each GPU once"]
     assert all_runs(store) == []  # refused before anything opened
     assert forecast.returncode == 0, forecast.stderr[-3000:]
-    [line] = [l for l in forecast.stderr.splitlines() if l.startswith("calibrated on ")]
+    [line] = [ln for ln in forecast.stderr.splitlines() if ln.startswith("calibrated on ")]
     child, sweep_pid = (int(w.strip("()")) for w in line.split() if w.strip("()").isdigit() and len(w) > 2)
     assert line.startswith("calibrated on GPU 1 (CUDA_VISIBLE_DEVICES=1), calibration process") and child != sweep_pid
 

@@ -7,12 +7,11 @@ import ast
 import importlib
 
 import pytest
-
 from conftest import REPO
 
 PACKAGE = REPO / "eemlflow"
-CLI_MODULES = {"eemlflow.command", "eemlflow.train", "eemlflow.export", "eemlflow.ingest", "eemlflow.runs", "eemlflow.sweep.__main__",
-               "eemlflow.cli", "eemlflow.progress", "eemlflow.report.__main__"}
+CLI_MODULES = {"eemlflow.command", "eemlflow.train", "eemlflow.export", "eemlflow.ingest", "eemlflow.runs",
+               "eemlflow.sweep.__main__", "eemlflow.cli", "eemlflow.progress", "eemlflow.report.__main__"}
 FLOORS = {"errors", "atomic", "training", "measure", "store", "report", "sweep", "runner", "resume"}
 ALLOWED = {  # a floor (subpackage or top-level library module) -> the floors it may import
     "errors": set(),

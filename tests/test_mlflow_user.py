@@ -14,9 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import cli_env
+from mlflow.tracking import MlflowClient
 from services import free_port
 
 EEMLFLOW = str(Path(sys.executable).parent / "eemlflow")

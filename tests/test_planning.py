@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from conftest import REPO, cli_env, run_cli
 from mlflow.tracking import MlflowClient
 
 from eemlflow.runner import train_run
 from eemlflow.store.schema import EPOCH, STOPPED_TAG
 from eemlflow.training import TrainConfig
-from conftest import REPO, cli_env, run_cli
 
 EPOCHS = 8  # room for a run up to 4x faster than the reference to still meet a 2-epoch budget
 TINY = TrainConfig(model="test_resnet", dataset="digits", epochs=EPOCHS, batch_size=32, img_size=16, workers=0)
@@ -48,7 +48,8 @@ def test_a_budget_stops_the_run_before_the_epoch_that_would_cross_it(setting, re
     run = client.get_run(outcome.run_id)
     assert run.info.status == "KILLED" and run.data.tags["eemlflow.status"] == "KILLED"
     reason = run.data.tags[STOPPED_TAG]
-    assert reason.startswith(f"{setting.split('_')[0]} budget {budget:g}") and f"after {done} of {EPOCHS} epochs" in reason
+    assert reason.startswith(f"{setting.split('_')[0]} budget {budget:g}")
+    assert f"after {done} of {EPOCHS} epochs" in reason
     # From what the run logged, the check before each epoch: every epoch that started was projected to fit (spent
     # plus its projection within the budget); the one that did not start was not. (A projection is an estimate: a
     # started epoch may cost a little more than projected, so what is spent at the end may pass the budget.)
@@ -71,7 +72,7 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
     stopped = run_cli(["eemlflow.train", *tiny, "--energy-budget-kwh", repr(budget)], tracking_uri=store)
     assert stopped.returncode == 4 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
     assert " INFO " not in stopped.stderr and "offline tracker init" not in stopped.stderr  # only with --verbose
-    [line] = [l for l in stopped.stderr.splitlines() if l.startswith("eemlflow: stopped by the energy budget")]
+    [line] = [ln for ln in stopped.stderr.splitlines() if ln.startswith("eemlflow: stopped by the energy budget")]
     run_id = line.split("(run ")[1].split()[0]
     assert any(f"after {n} of {EPOCHS} epochs" in line for n in range(1, EPOCHS)), line
     assert f"--resume {run_id} --energy-budget-kwh LARGER" in line

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_env, run_cli
 from mlflow.tracking import MlflowClient
+from test_sweep import runs
 
 from eemlflow.sweep import CELL_TAG
-from conftest import cli_env, run_cli
-from test_sweep import runs
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need `pip install eemlflow[ray]`")
 
@@ -102,7 +102,8 @@ grid:
     assert len(failed) == 2  # the first attempt and its retry
     for run in failed:  # the node's own one-line error, not a traceback
         error = run.data.tags["eemlflow.error"]
-        assert error.startswith("training process exited with code 2: eemlflow: error: ") and "not-on-this-node" in error
+        assert error.startswith("training process exited with code 2: eemlflow: error: ")
+        assert "not-on-this-node" in error
     [long] = [r for r in children if r.info.run_name.startswith("test_resnet-digits")]
     assert long.info.status == "KILLED" and long.data.tags["eemlflow.status"] == "KILLED"
     assert long.data.metrics["energy_consumed"] > 0
@@ -125,6 +126,6 @@ def test_a_sqlite_store_with_a_multi_node_cluster_is_refused_in_one_line(store, 
     finally:
         cluster.shutdown()
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    [line] = [l for l in result.stderr.splitlines() if l.startswith("eemlflow: error:")]
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("eemlflow: error:")]
     assert "is a file on this machine, but the Ray cluster has 2 nodes" in line and "--tracking-uri http://" in line
     assert runs(store, "tiny-ray") == []  # nothing was opened

@@ -8,14 +8,14 @@ import subprocess
 
 import pandas as pd
 import pytest
+from conftest import run_cli
 from PIL import Image
+from test_export_ingest import study_rows, write_rows
 
 from eemlflow.store import connect
 from eemlflow.store.efficiency import pareto_front
 from eemlflow.store.export import collect_rows
 from eemlflow.store.ingest import ingest, read_csv
-from conftest import run_cli
-from test_export_ingest import study_rows, write_rows
 
 N = 24
 
@@ -66,7 +66,8 @@ def test_efficiency_columns_and_the_pareto_set_from_the_store(ingested):
 
 def test_the_report_has_every_figure_and_renders_in_a_real_browser(ingested, tmp_path):
     store, rows = ingested
-    result = run_cli(["eemlflow.report", "--experiment", "study", "--output", str(tmp_path / "out")], tracking_uri=store)
+    result = run_cli(["eemlflow.report", "--experiment", "study", "--output", str(tmp_path / "out")],
+                     tracking_uri=store)
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "out"
     figures = {p.name for p in out.glob("*.png")}
@@ -106,9 +107,10 @@ def _grid_rows(cells: list[tuple[str, str, int, int]]) -> pd.DataFrame:
 
 @pytest.mark.parametrize("size", [4, 195])
 def test_the_energy_figure_writes_every_cell_that_exists_and_no_other(size, tmp_path):
+    from conftest import REPO
+
     from eemlflow.report.figures import energy_by_model, energy_heatmap, energy_table, format_wh
     from eemlflow.sweep import load_grid
-    from conftest import REPO
 
     if size == 195:  # the study's own grid
         cells = [(c.config.model, c.config.dataset, c.config.epochs, c.config.batch_size)

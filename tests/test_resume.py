@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import StreamLines, cli_env, run_cli
 from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
 from eemlflow.resume import prepare_resume
 from eemlflow.store.liveness import Heartbeat, process_alive, staleness
 from eemlflow.store.schema import HEARTBEAT_TAG
-from eemlflow.training.checkpoint import load_checkpoint
 from eemlflow.training import TrainConfig
-from conftest import StreamLines, cli_env, run_cli
+from eemlflow.training.checkpoint import load_checkpoint
 
 TINY = ["--model", "test_resnet", "--dataset", "digits", "--img-size", "16", "--workers", "0",
         "--measure-power-secs", "5", "--no-system-metrics"]
@@ -74,7 +74,7 @@ def freeze_when(pid: int, ready, timeout: float = 300) -> None:
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    [line] = [l for l in result.stderr.splitlines() if l.startswith("eemlflow: error:")]
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("eemlflow: error:")]
     return line
 
 
@@ -263,12 +263,13 @@ def test_ctrl_c_stops_a_sweep_started_with_sigint_ignored(store, tmp_path):
 
 
 def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settings_and_budgets(store):
+    from test_sweep import OTHER_CELL, SAME_CELL
+
     from eemlflow.resume import resume_config
     from eemlflow.store import connect
     from eemlflow.store.run import TrainingRun
     from eemlflow.training.config import BUDGET, EXECUTION, RESULT, settings_of
     from eemlflow.training.datasets import load_data
-    from test_sweep import OTHER_CELL, SAME_CELL
 
     cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=3, batch_size=32, img_size=16, workers=0)
     run = TrainingRun.open(connect(store), cfg, "recorded", system_metrics=False)

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import cli_env, run_cli
+from mlflow.tracking import MlflowClient
 from services import MlflowServer, postgres, postgres_bin
 from test_export_ingest import study_rows, typed, write_rows
 
@@ -88,7 +87,7 @@ def test_basic_auth_refuses_without_credentials_and_accepts_with_them(tmp_path):
         anonymous = start_training(server.uri, tmp_path, "--epochs", "1")
         out = anonymous.communicate(timeout=300)[0]
         assert anonymous.returncode == 2 and "Traceback" not in out, out[-2000:]
-        [line] = [l for l in out.splitlines() if l.startswith("eemlflow: error:")]
+        [line] = [ln for ln in out.splitlines() if ln.startswith("eemlflow: error:")]
         assert "HTTP 401" in line and "MLFLOW_TRACKING_USERNAME" in line
 
         admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
@@ -103,7 +102,7 @@ def test_basic_auth_refuses_without_credentials_and_accepts_with_them(tmp_path):
         refused = start_training(server.uri, tmp_path, "--epochs", "1", "--experiment", "team", env=reader)
         out = refused.communicate(timeout=300)[0]
         assert refused.returncode == 2 and "Traceback" not in out, out[-2000:]
-        assert "HTTP 403" in [l for l in out.splitlines() if l.startswith("eemlflow: error:")][0]
+        assert "HTTP 403" in [ln for ln in out.splitlines() if ln.startswith("eemlflow: error:")][0]
 
         with_env = {**cli_env(server.uri), **admin}
         runs = subprocess.run([sys.executable, "-c", "import mlflow; print(len(mlflow.search_runs("
@@ -161,7 +160,7 @@ def test_a_store_gone_for_good_keeps_the_records_for_a_replay(tmp_path):
         server.stop()
         out = proc.communicate(timeout=600)[0]
         assert proc.returncode == 3 and "Traceback" not in out, out[-3000:]
-        [line] = [l for l in out.splitlines() if l.startswith("eemlflow: error:")]
+        [line] = [ln for ln in out.splitlines() if ln.startswith("eemlflow: error:")]
         spool = tmp_path / "checkpoints" / run_id / "unlogged-records.jsonl"
         assert str(spool) in line and "eemlflow.runs replay" in line and spool.exists()
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO, cli_env, run_cli
 from mlflow.tracking import MlflowClient
 
-from eemlflow.training.config import TrainConfig
 from eemlflow.sweep import CELL_TAG, Cell, load_grid
-from conftest import REPO, cli_env, run_cli
+from eemlflow.training.config import TrainConfig
 
 GRID = """
 name: tiny

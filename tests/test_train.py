@@ -12,18 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from cifar_files import write_cifar10
+from conftest import REPO, StreamLines, cli_env, gpu_present, rapl_readable, run_cli
 from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
-from eemlflow.store import convert, schema
-from eemlflow.training.config import TrainConfig
-from eemlflow.training.datasets import load_data
 from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.runner import RunOutcome, _close, train_run
-from eemlflow.store import connect
+from eemlflow.store import connect, convert, schema
 from eemlflow.store.run import TrainingRun
-from conftest import REPO, StreamLines, cli_env, gpu_present, rapl_readable, run_cli
-from cifar_files import write_cifar10
+from eemlflow.training.config import TrainConfig
+from eemlflow.training.datasets import load_data
 
 
 def only_run(uri: str):
@@ -69,7 +68,8 @@ def test_the_readmes_first_command_learns_and_puts_every_study_column_on_the_run
     assert row["energy_consumed"] == pytest.approx(row["cpu_energy"] + row["gpu_energy"] + row["ram_energy"])
     assert 0 <= row["eval_top1"] <= row["eval_top5"] <= 100
     assert row["country_iso_code"] == "USA" and row["on_cloud"] == "N" and row["cpu_count"] >= 1
-    for key in ("train_loss", "eval_loss", "eval_top1", "eval_top5", "epoch/lr", "epoch/train_loss", "epoch_energy/energy_kwh"):
+    for key in ("train_loss", "eval_loss", "eval_top1", "eval_top5", "epoch/lr", "epoch/train_loss",
+                "epoch_energy/energy_kwh"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, 9)), key
     epoch_energy = sum(m.value for m in client.get_metric_history(run.info.run_id, "epoch_energy/energy_kwh"))
     assert 0 < epoch_energy <= row["energy_consumed"]
@@ -79,7 +79,8 @@ def test_the_readmes_first_command_learns_and_puts_every_study_column_on_the_run
                            schema.EPOCH.projected_emissions_kg, schema.EPOCH.projection_error_pct)}
     assert [len(v) for v in history.values()] == [8, 8, 8, 8]
     errors = history[schema.EPOCH.projection_error_pct]
-    assert errors[2] == pytest.approx((history[schema.EPOCH.projected_energy_kwh][2] / row["energy_consumed"] - 1) * 100)
+    projected = history[schema.EPOCH.projected_energy_kwh][2]
+    assert errors[2] == pytest.approx((projected / row["energy_consumed"] - 1) * 100)
     # After 3 of 8 epochs the projection is within ~15 % on a quiet machine (README); the suite runs beside other
     # tests, which changes the later epochs' speed, so the bound here is one that a wrong projection (a missing or
     # double-counted epoch, the start-up counted per epoch) breaks and a busy machine does not.

@@ -12,10 +12,10 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ErrorCode
 from mlflow.tracking import MlflowClient
+from services import free_port
 
 from eemlflow.errors import EemlflowError
 from eemlflow.store.writer import StoreWriter, is_transient, read_spool, replay, with_retries
-from services import free_port
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import os
 import tempfile
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 from codecarbon import OfflineEmissionsTracker
 from codecarbon.output_methods.base_output import BaseOutput
@@ -45,8 +45,8 @@ class _Capture(BaseOutput):
     """Keeps CodeCarbon's latest totals: ``out`` on flush/stop (main thread), ``live_out`` on its timer."""
 
     def __init__(self) -> None:
-        self.total: Optional[EmissionsData] = None
-        self.live: Optional[EmissionsData] = None
+        self.total: EmissionsData | None = None
+        self.live: EmissionsData | None = None
         self._lock = threading.Lock()
 
     def out(self, total: EmissionsData, delta: EmissionsData) -> None:
@@ -57,7 +57,7 @@ class _Capture(BaseOutput):
         with self._lock:
             self.live = total
 
-    def take(self) -> Optional[EmissionsData]:
+    def take(self) -> EmissionsData | None:
         with self._lock:
             total, self.total = self.total, None
             return total
@@ -83,27 +83,27 @@ class EnergyMonitor:
         country_iso_code: str,
         *,
         country_given: bool = True,
-        gpu_ids: Optional[Sequence[int]] = (),
+        gpu_ids: Sequence[int] | None = (),
         measure_power_secs: float = 1.0,
         project_name: str = "eemlflow",
-        synchronize: Optional[Callable[[], None]] = None,
+        synchronize: Callable[[], None] | None = None,
         share_host: bool = True,
     ) -> None:
-        self.failure: Optional[str] = None
+        self.failure: str | None = None
         self.gpu_ids = list(gpu_ids or [])
         self._synchronize = synchronize
-        self._sync_failure: Optional[str] = None
+        self._sync_failure: str | None = None
         self._share_host = share_host
         self._counters: dict[str, EnergyCounter] = {}
-        self._counter_base: dict[str, Optional[float]] = {}
+        self._counter_base: dict[str, float | None] = {}
         self._clock = ReadClock({spec.name: spec.hardware for spec in REGISTRY})
         self._attribution = Attribution(None)
         self._neighbours: set[tuple[int, int]] = set()
-        self._last_record: Optional[dict] = None
+        self._last_record: dict | None = None
         self._country_given = country_given
         self._capture = _Capture()
         self._windows: dict[str, EnergyReading] = {}
-        self._last: Optional[EnergyReading] = None
+        self._last: EnergyReading | None = None
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code,
             project_name=project_name,
@@ -138,7 +138,7 @@ class EnergyMonitor:
             raise ValueError(f"energy window {key!r} is already open")
         self._windows[key] = self._snapshot() or self._last or _ZERO
 
-    def end_window(self, key: str) -> Optional[EnergyReading]:
+    def end_window(self, key: str) -> EnergyReading | None:
         """Close a named window and return its energy, or None when the tracker has failed."""
         if key not in self._windows:
             raise ValueError(f"energy window {key!r} was not opened")
@@ -146,7 +146,7 @@ class EnergyMonitor:
         now = self._snapshot()
         return None if now is None else now - start
 
-    def _counters_around(self, report: Callable[[], object]) -> dict[str, Optional[float]]:
+    def _counters_around(self, report: Callable[[], object]) -> dict[str, float | None]:
         """CodeCarbon made to read its hardware now, then ``report`` (its ``flush`` or ``stop``), between two
         readings of the counters: the counters at the moment of its reading, over the run window (kWh, by
         counter name; None where unavailable). (``flush`` and ``stop`` skip their own reading within 50 ms of one
@@ -162,11 +162,11 @@ class EnergyMonitor:
         return {k: None if v is None or self._counter_base.get(k) is None else v - self._counter_base[k]
                 for k, v in now.items()}
 
-    def _raw_counters(self) -> tuple[float, dict[str, Optional[float]]]:
+    def _raw_counters(self) -> tuple[float, dict[str, float | None]]:
         """When (``time.perf_counter``, CodeCarbon's clock) and what the counters read since they were made, kWh."""
         return time.perf_counter(), {name: counter.read_kwh() for name, counter in self._counters.items()}
 
-    def live(self) -> Optional[EnergyReading]:
+    def live(self) -> EnergyReading | None:
         """The latest totals CodeCarbon sampled on its timer, for progress displays; no measurement made."""
         data = self._capture.live
         if data is None or self.failure:
@@ -243,7 +243,7 @@ class EnergyMonitor:
         for gpu, pids in compute_pids(self.gpu_ids).items():
             self._neighbours.update((gpu, pid) for pid in pids - own)
 
-    def _snapshot(self) -> Optional[EnergyReading]:
+    def _snapshot(self) -> EnergyReading | None:
         if self.failure:
             return None
         self._wait_for_device()
@@ -259,11 +259,11 @@ class EnergyMonitor:
         self._last = EnergyReading.from_values(self._last_record)
         return self._last
 
-    def so_far(self) -> Optional[EnergyReading]:
+    def so_far(self) -> EnergyReading | None:
         """This process's totals at the last window boundary (since ``start``); None when the tracker failed."""
         return None if self.failure else self._last
 
-    def record_so_far(self) -> Optional[dict]:
+    def record_so_far(self) -> dict | None:
         """CodeCarbon's totals and the counters' at the last window boundary (``EmissionsData.values`` plus each
         counter's figure by name), as charged to this training, for a checkpoint."""
         return None if self.failure or self._last_record is None else dict(self._last_record)

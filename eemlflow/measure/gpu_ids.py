@@ -11,7 +11,7 @@ physical GPU: NVML has no per-slice energy counter.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.nvml import uuid_table
@@ -19,7 +19,7 @@ from eemlflow.measure.nvml import uuid_table
 PCI_BUS_ID = "PCI_BUS_ID"
 
 
-def nvml_indices(visible: Optional[str], torch_index: int, uuids: Mapping[str, int]) -> list[int]:
+def nvml_indices(visible: str | None, torch_index: int, uuids: Mapping[str, int]) -> list[int]:
     """The NVML index of the device torch calls ``cuda:torch_index``, from ``CUDA_VISIBLE_DEVICES`` alone.
 
     Args:
@@ -50,7 +50,7 @@ def physical_gpu(entry: str, uuids: Mapping[str, int]) -> int:
     return matches.pop()
 
 
-def index_of_uuid(torch_uuid: str, uuids: Mapping[str, int]) -> Optional[int]:
+def index_of_uuid(torch_uuid: str, uuids: Mapping[str, int]) -> int | None:
     """The physical GPU whose (GPU or MIG) UUID is torch's ``torch_uuid`` (torch prints it without the ``GPU-``
     prefix); None when NVML does not know it."""
     bare = torch_uuid.strip().removeprefix("GPU-").removeprefix("MIG-")
@@ -60,7 +60,7 @@ def index_of_uuid(torch_uuid: str, uuids: Mapping[str, int]) -> Optional[int]:
     return None
 
 
-def measured_gpu_ids(device_type: str, torch_index: int = 0, torch_uuid: Optional[str] = None) -> list[int]:
+def measured_gpu_ids(device_type: str, torch_index: int = 0, torch_uuid: str | None = None) -> list[int]:
     """The NVML indices a training on torch's ``device_type:torch_index`` measures: [] on the CPU (no GPU is
     charged to it, however many the host has), the device's own physical GPU on CUDA."""
     if device_type != "cuda":

@@ -24,7 +24,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from eemlflow.atomic import atomic_write
 
@@ -47,7 +46,7 @@ class Window:
 
     pid: int
     start: float
-    end: Optional[float]
+    end: float | None
 
 
 def share(me: Window, others: list[Window], a: float, b: float) -> float:
@@ -67,7 +66,7 @@ def share(me: Window, others: list[Window], a: float, b: float) -> float:
 class HostLedger:
     """This training's entry in the host's ledger, and its share of the machine over a stretch of time."""
 
-    def __init__(self, folder: Optional[Path] = None) -> None:
+    def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder or ledger_folder()
         self.available = True
         self.description = ""
@@ -146,7 +145,7 @@ class Attribution:
     """This process's CPU and RAM energy, each stretch between two readings charged at the training's share of
     the host over that stretch (``HostLedger.share``)."""
 
-    def __init__(self, ledger: Optional[HostLedger]) -> None:
+    def __init__(self, ledger: HostLedger | None) -> None:
         self.ledger = ledger
         self.since = time.time()
         self.raw = {"cpu_energy": 0.0, "ram_energy": 0.0}
@@ -200,7 +199,7 @@ class Attribution:
                 f"{self.share * 100:.1f} % of what CodeCarbon measured")
 
 
-def _created(pid: int) -> Optional[float]:
+def _created(pid: int) -> float | None:
     try:
         import psutil  # a CodeCarbon dependency
 
@@ -209,7 +208,7 @@ def _created(pid: int) -> Optional[float]:
         return None
 
 
-def _alive(pid: int, created: Optional[float]) -> bool:
+def _alive(pid: int, created: float | None) -> bool:
     """Whether ``pid`` is still the process that wrote the entry (not a later process given the same pid)."""
     now = _created(pid)
     if now is None:

@@ -4,7 +4,8 @@ measured by a counter, or estimated from a TDP, a load model or a constant. Impo
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _CPU_METHODS = {
     "intel_rapl": "RAPL energy counter (measured)",
@@ -17,7 +18,7 @@ _CPU_METHODS = {
 RAM_METHOD = "CodeCarbon estimate: 5 W per estimated DIMM (not measured)"
 
 
-def tracker_methods(tracker: Any, gpu_ids: Sequence[int]) -> tuple[str, Optional[float], bool, str]:
+def tracker_methods(tracker: Any, gpu_ids: Sequence[int]) -> tuple[str, float | None, bool, str]:
     """(CPU method, CPU TDP in W or None, whether CodeCarbon knows the CPU model, GPU method) of ``tracker``, which
     measures the GPUs ``gpu_ids`` (none for a CPU training)."""
     cpu_method, tdp, known = "none detected", None, False
@@ -37,7 +38,7 @@ def tracker_methods(tracker: Any, gpu_ids: Sequence[int]) -> tuple[str, Optional
     return cpu_method, tdp, known, gpu_method
 
 
-def _cpu_in_tdp_table(model: Optional[str]) -> bool:
+def _cpu_in_tdp_table(model: str | None) -> bool:
     """Whether CodeCarbon knows this CPU's TDP (else it guesses 4 W per thread). Uses its private lookup."""
     if not model:
         return False

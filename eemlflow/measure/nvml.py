@@ -9,8 +9,9 @@ numbers them), never for torch's, which count only the visible devices. Without 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 
 class NvmlUnavailable(Exception):
@@ -77,11 +78,11 @@ class GpuSet:
     model: str
 
     @classmethod
-    def of_names(cls, names: Sequence[str]) -> "GpuSet":
+    def of_names(cls, names: Sequence[str]) -> GpuSet:
         return cls(len(names), "".join(f"{n} x {name}" for name, n in Counter(names).items()))
 
 
-def gpu_names(indices: Optional[Sequence[int]] = None) -> list[str]:
+def gpu_names(indices: Sequence[int] | None = None) -> list[str]:
     """The names of the given physical GPUs (all of the host's when None); empty without NVML."""
     try:
         pynvml = open_nvml()

@@ -17,7 +17,6 @@ earlier segments' total and their mean epoch until it has measured one of its ow
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from eemlflow.measure.readings import EnergyReading
 
@@ -46,13 +45,13 @@ class Projector:
         spent: the earlier segments' energy, which those epochs cost (start-up included).
     """
 
-    def __init__(self, epochs: int, epochs_done: int = 0, spent: Optional[EnergyReading] = None) -> None:
+    def __init__(self, epochs: int, epochs_done: int = 0, spent: EnergyReading | None = None) -> None:
         self.epochs = epochs
         self.epochs_done = epochs_done
         self._measured: list[EnergyReading] = []
         self._prior = spent.scaled(1.0 / epochs_done) if spent is not None and epochs_done else None
 
-    def next_epoch(self) -> Optional[EnergyReading]:
+    def next_epoch(self) -> EnergyReading | None:
         """The estimated cost of one more epoch; None before any epoch was measured or known."""
         stable = self._measured[STARTUP_EPOCHS:] or self._measured
         if not stable:
@@ -75,7 +74,7 @@ class Projector:
         )
 
 
-def projection_error_pct(projected: float, actual: float) -> Optional[float]:
+def projection_error_pct(projected: float, actual: float) -> float | None:
     """How far a projection was from what the run then measured, in % of the measured figure."""
     return None if actual <= 0 else (projected - actual) / actual * 100.0
 
@@ -84,11 +83,11 @@ def projection_error_pct(projected: float, actual: float) -> Optional[float]:
 class Budgets:
     """Limits on one run's energy (kWh), emissions (kg CO2-eq) and measured time (s); None: no limit."""
 
-    energy_kwh: Optional[float] = None
-    emissions_kg: Optional[float] = None
-    time_s: Optional[float] = None
+    energy_kwh: float | None = None
+    emissions_kg: float | None = None
+    time_s: float | None = None
 
-    def breach(self, spent: Optional[EnergyReading], next_epoch: Optional[EnergyReading]) -> Optional[tuple[str, str]]:
+    def breach(self, spent: EnergyReading | None, next_epoch: EnergyReading | None) -> tuple[str, str] | None:
         """(which budget, why) when spent plus the next epoch's projected cost would cross a budget, else None.
 
         Without an estimate of the next epoch (none measured yet), only what is already spent is checked.

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
-Reading = tuple[float, dict[str, Optional[float]]]  # (time.perf_counter(), counter name -> kWh or None)
+Reading = tuple[float, dict[str, float | None]]  # (time.perf_counter(), counter name -> kWh or None)
 
 
 class ReadClock:
@@ -30,7 +31,7 @@ class ReadClock:
     def watch(self, tracker: Any) -> None:
         """Time ``tracker``'s hardware calls from now on. Makes its hardware objects first, which its ``start``
         would do, so that the slow hardware detection is not inside the window the counters bracket."""
-        ready: Optional[Callable[[], None]] = getattr(tracker, "_ensure_hardware_ready", None)
+        ready: Callable[[], None] | None = getattr(tracker, "_ensure_hardware_ready", None)
         if ready is not None:
             ready()
         for hardware in getattr(tracker, "_hardware", []):
@@ -54,13 +55,13 @@ class ReadClock:
 
         setattr(hardware, name, timed)
 
-    def at(self, call: str, before: Reading, after: Reading, fallback: Optional[float]) -> dict[str, Optional[float]]:
+    def at(self, call: str, before: Reading, after: Reading, fallback: float | None) -> dict[str, float | None]:
         """The counters when CodeCarbon's ``call`` (``start`` or ``measure_power_and_energy``) last read their
         hardware, between two readings of them around that moment: power is taken as steady over the short
         stretch between them. ``fallback`` (CodeCarbon's own clock) is used for hardware whose calls were not
         timed; the midpoint when neither is known."""
         (t0, a), (t1, b) = before, after
-        values: dict[str, Optional[float]] = {}
+        values: dict[str, float | None] = {}
         for key in a:
             moment = self._moments.get((self._hardware.get(key, ""), call), fallback)
             f = 0.5 if moment is None or t1 <= t0 else min(1.0, max(0.0, (moment - t0) / (t1 - t0)))

@@ -8,8 +8,9 @@ those units and the conversion to Wh/J happens in ``EnergyReading`` alone (facto
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from codecarbon.output_methods.emissions_data import EmissionsData
 
@@ -85,7 +86,7 @@ class Provenance:
     """How CodeCarbon obtained each figure on this machine, which it otherwise keeps to itself."""
 
     cpu_method: str
-    cpu_tdp_w: Optional[float]
+    cpu_tdp_w: float | None
     cpu_model_known: bool
     gpu_method: str
     gpu_ids: str
@@ -110,18 +111,18 @@ class EnergyResult:
     ``cpu_power``/``gpu_power``/``ram_power``, which are plain means of its samples.
     """
 
-    record: Optional[EmissionsData]
+    record: EmissionsData | None
     provenance: Provenance
     suspicions: tuple[str, ...] = ()
-    failure: Optional[str] = None
+    failure: str | None = None
     counters: Mapping[str, float] = field(default_factory=dict)  # each counter's kWh over the run, those read
-    host_gpu_count: Optional[int] = None  # the host's GPUs, measured or not (``record.gpu_count``: the measured)
-    host_gpu_model: Optional[str] = None
+    host_gpu_count: int | None = None  # the host's GPUs, measured or not (``record.gpu_count``: the measured)
+    host_gpu_model: str | None = None
     cpu_ram_share: float = 1.0  # the share of the host's CPU and RAM energy charged to this run (1: all of it)
     other_gpu_pids: tuple[tuple[int, int], ...] = ()  # (physical GPU, pid) of other processes computing on it
 
     @property
-    def reading(self) -> Optional[EnergyReading]:
+    def reading(self) -> EnergyReading | None:
         if self.record is None:
             return None
         return dataclasses.replace(EnergyReading.from_emissions(self.record), counters=dict(self.counters))
@@ -136,29 +137,29 @@ class EnergyResult:
                 found[spec.discrepancy] = pct
         return found
 
-    def _per_second(self, kwh: float) -> Optional[float]:
+    def _per_second(self, kwh: float) -> float | None:
         if self.record is None or not self.record.duration:
             return None
         return kwh * J_PER_KWH / self.record.duration
 
     @property
-    def avg_cpu_power_w(self) -> Optional[float]:
+    def avg_cpu_power_w(self) -> float | None:
         return self._per_second(self.record.cpu_energy) if self.record else None
 
     @property
-    def avg_gpu_power_w(self) -> Optional[float]:
+    def avg_gpu_power_w(self) -> float | None:
         return self._per_second(self.record.gpu_energy) if self.record else None
 
     @property
-    def avg_ram_power_w(self) -> Optional[float]:
+    def avg_ram_power_w(self) -> float | None:
         return self._per_second(self.record.ram_energy) if self.record else None
 
     @property
-    def avg_power_w(self) -> Optional[float]:
+    def avg_power_w(self) -> float | None:
         return self._per_second(self.record.energy_consumed) if self.record else None
 
 
-def discrepancy_pct(codecarbon_kwh: float, counter_kwh: Optional[float]) -> Optional[float]:
+def discrepancy_pct(codecarbon_kwh: float, counter_kwh: float | None) -> float | None:
     """(CodeCarbon - counter) / counter in %; None when there is no counter figure or it read nothing."""
     if counter_kwh is None or counter_kwh <= 0:
         return None

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
-
+from collections.abc import Sequence
 
 from eemlflow.cli import add_verbose, begin, print_error, prog, progress_bar
 from eemlflow.errors import EemlflowError
@@ -16,16 +15,18 @@ DEFAULT_OUTPUT = "report"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog("eemlflow.report"),
-                                description="Write report.html (self-contained) and its PNG figures from an MLflow store.")
+                                description="Write report.html (self-contained) and its PNG figures from an MLflow "
+                                            "store.")
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     p.add_argument("--experiment", action="append", help="experiment name (repeatable); default: all")
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"folder for report.html and the figures (default {DEFAULT_OUTPUT}/)")
+    p.add_argument("--output", default=DEFAULT_OUTPUT,
+                   help=f"folder for report.html and the figures (default {DEFAULT_OUTPUT}/)")
     p.add_argument("--title", default=None, help="the page's title (default: names the experiments)")
     add_verbose(p)
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args, console = begin(build_parser(), argv)
     try:
         from eemlflow.report import write_report

@@ -4,8 +4,9 @@ the per-epoch history of the runs on a Pareto front (the only per-run requests a
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -32,14 +33,14 @@ class ReportData:
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)  # run id -> step, top1, energy per epoch
 
 
-def model_family(model: Optional[str]) -> str:
+def model_family(model: str | None) -> str:
     """``resnet50`` -> ``resnet``, ``efficientnetv2_s`` -> ``efficientnetv2``, ``vit_base_patch16_224`` -> ``vit``."""
     match = re.match(r"[a-z]+(v\d)?", str(model or "").lower())
     return match.group(0) if match else "other"
 
 
-def load(client: MlflowClient, experiments: Optional[Sequence[str]] = None, where: str = "",
-         progress: Optional[Callable[[int], None]] = None) -> ReportData:
+def load(client: MlflowClient, experiments: Sequence[str] | None = None, where: str = "",
+         progress: Callable[[int], None] | None = None) -> ReportData:
     """FINISHED rows of ``experiments`` (all when None) matching ``where``, with the Pareto runs' histories."""
     runs = collect_rows(client, experiments, with_extras=True, tags=PROVENANCE_TAGS, where=where, progress=progress)
     runs["family"] = [model_family(m) for m in runs["model"]]
@@ -52,7 +53,7 @@ def load(client: MlflowClient, experiments: Optional[Sequence[str]] = None, wher
     return data
 
 
-def _history(client: MlflowClient, run_id: str) -> Optional[pd.DataFrame]:
+def _history(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
     """Per-epoch top-1 (%) and energy (kWh) of a trained run; None for an ingested row (it has no history)."""
     try:
         top1 = client.get_metric_history(run_id, schema.EPOCH.eval_top1)

@@ -7,7 +7,6 @@ draw), so the page can embed it and the same file ships beside the page.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import matplotlib
 
@@ -16,6 +15,8 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from eemlflow.measure.units import WH_PER_KWH  # noqa: E402
 
 DPI = 110
 
@@ -29,7 +30,7 @@ def _label(row) -> str:
     return f"{row['model']} b{row['batch_size']} e{row['epochs']}"
 
 
-def pareto_plot(runs: pd.DataFrame, dataset: str, folder: Path) -> Optional[Path]:
+def pareto_plot(runs: pd.DataFrame, dataset: str, folder: Path) -> Path | None:
     """Top-1 vs energy (kWh, log scale) of one dataset's runs, coloured by model family, with the Pareto front
     (least energy for at least that accuracy) drawn as a step line and its runs labelled."""
     rows = runs[(runs["dataset"] == dataset) & runs["energy_consumed"].notna() & runs["eval_top1"].notna()]
@@ -57,7 +58,7 @@ def pareto_plot(runs: pd.DataFrame, dataset: str, folder: Path) -> Optional[Path
     return _save(fig, folder / f"pareto_{dataset}.png")
 
 
-def energy_by_model(runs: pd.DataFrame, dataset: str, folder: Path) -> Optional[Path]:
+def energy_by_model(runs: pd.DataFrame, dataset: str, folder: Path) -> Path | None:
     """One dataset's energy per model, epoch count and batch size as a heat map (``energy_heatmap``)."""
     table = energy_table(runs, dataset)
     if table.empty:
@@ -104,10 +105,10 @@ def energy_heatmap(table: pd.DataFrame, dataset: str):
 
 def format_wh(kwh: float) -> str:
     """A cell's energy as people read it: Wh with 3 significant digits."""
-    return f"{kwh * 1000:.3g}"
+    return f"{kwh * WH_PER_KWH:.3g}"
 
 
-def epoch_curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], dataset: str, folder: Path) -> Optional[Path]:
+def epoch_curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], dataset: str, folder: Path) -> Path | None:
     """Top-1 and energy per epoch of the dataset's Pareto runs that have a per-epoch history."""
     rows = runs[(runs["dataset"] == dataset) & runs["run_id"].isin(list(histories))]
     if rows.empty:
@@ -116,7 +117,7 @@ def epoch_curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], dataset
     for _, row in rows.iterrows():
         history = histories[row["run_id"]]
         top.plot(history["epoch"], history["top1"], marker="o", markersize=3, label=_label(row))
-        energy.plot(history["epoch"], history["energy_kwh"] * 1000, marker="o", markersize=3, label=_label(row))
+        energy.plot(history["epoch"], history["energy_kwh"] * WH_PER_KWH, marker="o", markersize=3, label=_label(row))
     top.set_xlabel("epoch")
     top.set_ylabel("top-1 accuracy (%)")
     energy.set_xlabel("epoch")

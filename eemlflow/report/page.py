@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.atomic import atomic_write
+from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.report import figures
 from eemlflow.report.data import ReportData, load
 from eemlflow.report.statement import NOT_RECORDED, measurement_statement, methods, suspects, totals
@@ -34,12 +36,13 @@ th{background:#eef;cursor:pointer}td:first-child,td:nth-child(2){text-align:left
 SORT_SCRIPT = """document.querySelectorAll('table.sortable th').forEach((th,i)=>th.addEventListener('click',()=>{
 const body=th.closest('table').tBodies[0],rows=[...body.rows],up=th.dataset.up!=='1';th.dataset.up=up?'1':'0';
 const key=r=>{const t=r.cells[i].textContent,n=parseFloat(t);return isNaN(n)?t:n};
-rows.sort((a,b)=>{const x=key(a),y=key(b);return (x>y?1:x<y?-1:0)*(up?1:-1)});rows.forEach(r=>body.appendChild(r))}));"""
+rows.sort((a,b)=>{const x=key(a),y=key(b);return (x>y?1:x<y?-1:0)*(up?1:-1)});
+rows.forEach(r=>body.appendChild(r))}));"""
 
 
-def write_report(client: MlflowClient, output: str | Path, experiments: Optional[Sequence[str]] = None,
-                 where: str = "", title: Optional[str] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> Path:
+def write_report(client: MlflowClient, output: str | Path, experiments: Sequence[str] | None = None,
+                 where: str = "", title: str | None = None,
+                 progress: Callable[[int], None] | None = None) -> Path:
     """Read the runs and write ``output/report.html`` and its PNG figures; returns the HTML file's path."""
     data = load(client, experiments, where, progress)
     folder = Path(output)
@@ -87,7 +90,7 @@ def _totals_section(runs: pd.DataFrame) -> list[str]:
     t = totals(runs)
     return ["<h2>Totals</h2><table><tr><th>runs</th><th>energy (kWh)</th><th>energy (Wh)</th><th>kg CO2-eq</th>"
             "<th>GPU-hours</th><th>hours measured</th></tr>"
-            f"<tr><td>{t.runs}</td><td>{t.energy_kwh:.4g}</td><td>{t.energy_kwh * 1000:.4g}</td>"
+            f"<tr><td>{t.runs}</td><td>{t.energy_kwh:.4g}</td><td>{t.energy_kwh * WH_PER_KWH:.4g}</td>"
             f"<td>{t.emissions_kg:.4g}</td><td>{t.gpu_hours:.3g}</td><td>{t.hours:.3g}</td></tr></table>"]
 
 

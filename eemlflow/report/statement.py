@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from eemlflow.measure.units import G_PER_KG, WH_PER_KWH
 from eemlflow.store import schema
 
 NOT_RECORDED = "not recorded (ingested from a CSV)"
@@ -24,7 +25,9 @@ class Totals:
 
 
 def _numbers(runs: pd.DataFrame, column: str) -> pd.Series:
-    return pd.to_numeric(runs[column], errors="coerce").fillna(0.0) if column in runs else pd.Series(0.0, index=runs.index)
+    if column not in runs:
+        return pd.Series(0.0, index=runs.index)
+    return pd.to_numeric(runs[column], errors="coerce").fillna(0.0)
 
 
 def uses_gpu(runs: pd.DataFrame) -> pd.Series:
@@ -83,7 +86,7 @@ def measurement_statement(runs: pd.DataFrame) -> str:
     for country, group in runs.groupby(runs["country_name"].fillna("an unrecorded country")):
         kwh = float(_numbers(group, "energy_consumed").sum())
         if kwh > 0:
-            intensity[country] = float(_numbers(group, "emissions").sum()) / kwh * 1000
+            intensity[country] = float(_numbers(group, "emissions").sum()) / kwh * G_PER_KG
     places = "; ".join(f"{c} ({g:.0f} g CO2-eq/kWh, the country's average as CodeCarbon's offline data gives it)"
                        for c, g in intensity.items()) or "an unrecorded place"
     gpu = runs["gpu_model"][uses_gpu(runs)] if "gpu_model" in runs else pd.Series(dtype=object)
@@ -98,7 +101,7 @@ def measurement_statement(runs: pd.DataFrame) -> str:
     parts = [
         f"We trained {n} models from scratch: {_listing(runs['model'])} on {_listing(runs['dataset'])}, at batch "
         f"sizes {_listing(runs['batch_size'])} for {_listing(runs['epochs'])} epochs.",
-        f"Together they consumed {t.energy_kwh:.4g} kWh ({t.energy_kwh * 1000:.4g} Wh) and emitted "
+        f"Together they consumed {t.energy_kwh:.4g} kWh ({t.energy_kwh * WH_PER_KWH:.4g} Wh) and emitted "
         f"{t.emissions_kg:.4g} kg CO2-eq over {t.hours:.3g} hours of measured training"
         + (f", {t.gpu_hours:.3g} of them GPU-hours" if t.gpu_hours else ", none of it on a GPU") + ".",
         f"The runs used {_listing(gpu) if len(gpu) else 'no GPU'}"

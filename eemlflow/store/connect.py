@@ -14,8 +14,9 @@ import hashlib
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import mlflow
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 # How long a process waits for another one to finish creating a store's schema.
 SCHEMA_LOCK_TIMEOUT_S = 300.0
 # Database URI schemes and the driver module SQLAlchemy needs for each (None: MLflow's own client).
-_SCHEMES: dict[str, Optional[str]] = {
+_SCHEMES: dict[str, str | None] = {
     "http": None, "https": None, "file": None, "databricks": None,
     "sqlite": "sqlite3",
     "postgresql": "psycopg", "postgresql+psycopg": "psycopg", "postgresql+psycopg2": "psycopg2",
@@ -39,7 +40,7 @@ _SCHEMES: dict[str, Optional[str]] = {
 _EXAMPLES = "sqlite:///mlflow.db, postgresql+psycopg://user:password@host:5432/mlflow or http://host:5000"
 
 
-def connect(tracking_uri: Optional[str] = None) -> MlflowClient:
+def connect(tracking_uri: str | None = None) -> MlflowClient:
     """Point MLflow at ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``, else ./mlflow.db) and check it answers.
 
     A database store gets its schema created (or checked) once, under a lock shared with every other eemlflow
@@ -94,7 +95,8 @@ def schema_lock(uri: str) -> Iterator[None]:
                 yield
         except Timeout:
             raise EemlflowError(f"waited {SCHEMA_LOCK_TIMEOUT_S:.0f} s for {path}.lock: another process is creating "
-                                "the store's schema and did not finish; delete the lock file if none is running") from None
+                                "the store's schema and did not finish; delete the lock file if none is "
+                                "running") from None
         return
     if scheme.startswith("postgresql"):
         with _postgres_advisory_lock(uri):
@@ -103,7 +105,7 @@ def schema_lock(uri: str) -> Iterator[None]:
     yield
 
 
-def _sqlite_path(uri: str) -> Optional[Path]:
+def _sqlite_path(uri: str) -> Path | None:
     from sqlalchemy.engine import make_url
 
     database = make_url(uri).database
@@ -150,7 +152,7 @@ def describe_store_error(error: BaseException, uri: str) -> str:
             "reachable --tracking-uri (e.g. sqlite:///mlflow.db)")
 
 
-def _http_status(error: BaseException) -> Optional[int]:
+def _http_status(error: BaseException) -> int | None:
     if isinstance(error, MlflowException):
         text = str(error)
         for code in (401, 403):
@@ -183,7 +185,8 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
                 raise EemlflowError(f"cannot create experiment {name!r}: {str(e).splitlines()[0][:200]}") from None
             log.info("experiment %r was created by another process at the same time", name)
     if experiment.lifecycle_stage == "deleted":
-        raise EemlflowError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore) or pick another name")
+        raise EemlflowError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore) or pick "
+                            "another name")
     return experiment.experiment_id
 
 

@@ -7,12 +7,13 @@ The columns themselves (names, kinds, types, keys) are ``schema``'s.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 from eemlflow.store.schema import SOURCE_EXPERIMENT_ID_TAG, SOURCE_RUN_ID_TAG, Column
 
 
-def to_mlflow(values: dict[str, Any], columns: tuple[Column, ...]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+def to_mlflow(values: dict[str, Any],
+              columns: tuple[Column, ...]) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
     """Split column values into MLflow (params, metrics, tags), skipping missing ones.
 
     A missing value (None, empty string, NaN) is simply not logged, so that export gives it back empty.
@@ -66,7 +67,7 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def read_run(run: Any, experiment_name: Optional[str], columns: tuple[Column, ...]) -> dict[str, Any]:
+def read_run(run: Any, experiment_name: str | None, columns: tuple[Column, ...]) -> dict[str, Any]:
     """Rebuild a row from an MLflow run (as returned by ``MlflowClient.search_runs``)."""
     data, info = run.data, run.info
     row: dict[str, Any] = {}

@@ -15,7 +15,7 @@ stored columns, never stored themselves (``pareto`` depends on every other run),
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -28,8 +28,8 @@ UNITS = {"energy_wh_per_epoch": "Wh", "j_per_image": "J", "top1_per_kwh": "% / k
 TRAIN_IMAGES = {spec.name: spec.train_images for spec in REGISTRY.values() if spec.train_images}
 
 
-def images_seen(dataset: Optional[str], epochs: Optional[int], batch_size: Optional[int],
-                train_images: Optional[int] = None) -> Optional[int]:
+def images_seen(dataset: str | None, epochs: int | None, batch_size: int | None,
+                train_images: int | None = None) -> int | None:
     """Training images the run's optimiser saw: epochs x full batches of the training set (None if unknown)."""
     size = train_images or TRAIN_IMAGES.get(str(dataset))
     if not size or not epochs or not batch_size:
@@ -85,7 +85,7 @@ def _number(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _ratio(numerator, denominator) -> Optional[float]:
+def _ratio(numerator, denominator) -> float | None:
     if not _number(numerator) or not _number(denominator) or not denominator:
         return None
     return float(numerator) / float(denominator)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -29,9 +30,9 @@ STATUSES = ALL
 PROGRESS_EVERY = 500  # runs between progress reports
 
 
-def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = None, statuses: Iterable[str] = (FINISHED,),
+def collect_rows(client: MlflowClient, experiments: Sequence[str] | None = None, statuses: Iterable[str] = (FINISHED,),
                  with_extras: bool = False, tags: Sequence[str] = (), where: str = "",
-                 progress: Optional[Callable[[int], None]] = None) -> pd.DataFrame:
+                 progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """One row per eemlflow run (trained or ingested) in ``experiments`` (names; all when None); ``with_extras``
     appends the extra fields and the efficiency columns (``eemlflow.store.efficiency``).
 
@@ -66,7 +67,7 @@ def collect_rows(client: MlflowClient, experiments: Optional[Sequence[str]] = No
     return efficiency.add_efficiency(frame) if with_extras else frame
 
 
-def experiment_names(client: MlflowClient, wanted: Optional[Sequence[str]]) -> dict[str, str]:
+def experiment_names(client: MlflowClient, wanted: Sequence[str] | None) -> dict[str, str]:
     """Experiment id -> name, for the named experiments (an unknown name is an error) or all of them."""
     if wanted:
         found = {}

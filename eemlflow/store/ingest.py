@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric, Param, RunStatus
 
@@ -100,8 +101,8 @@ def _kind(col: schema.Column) -> str:
     return "an integer" if col.dtype is int else "a number"
 
 
-def ingest(client: MlflowClient, parsed: ParsedFile, experiment: Optional[str] = None,
-           progress: Optional[Callable[[int, int], None]] = None) -> tuple[int, int]:
+def ingest(client: MlflowClient, parsed: ParsedFile, experiment: str | None = None,
+           progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
     """Create one FINISHED run per row not already ingested; returns (added, skipped).
 
     ``progress(done, total)`` is told after each row, for a display on large files."""

@@ -16,9 +16,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
@@ -26,8 +27,8 @@ from mlflow.tracking import MlflowClient
 from eemlflow.errors import EemlflowError
 from eemlflow.store.connect import no_http_retries
 from eemlflow.store.schema import HEARTBEAT_TAG
-from eemlflow.store.writer import env_seconds
 from eemlflow.store.status import RUNNING
+from eemlflow.store.writer import env_seconds
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,13 @@ class Heartbeat:
     pid: int
     time: float  # seconds since the epoch, on the training host's clock
     epoch: int  # epochs done
-    energy_kwh: Optional[float] = None  # this process's energy so far (its segment), kWh
+    energy_kwh: float | None = None  # this process's energy so far (its segment), kWh
 
     def to_tag(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_tag(cls, text: Optional[str]) -> Optional["Heartbeat"]:
+    def from_tag(cls, text: str | None) -> Heartbeat | None:
         if not text:
             return None
         try:
@@ -67,14 +68,14 @@ def heartbeat_seconds() -> float:
 class HeartbeatThread:
     """Beats for one run until stopped. ``state()`` gives (epochs done, energy so far in kWh or None)."""
 
-    def __init__(self, tracking_uri: str, run_id: str, state: Callable[[], tuple[int, Optional[float]]]) -> None:
+    def __init__(self, tracking_uri: str, run_id: str, state: Callable[[], tuple[int, float | None]]) -> None:
         self.run_id, self._state = run_id, state
         self._client = MlflowClient(tracking_uri)
         self._interval = heartbeat_seconds()
         self._stop, self._wake = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="eemlflow-heartbeat", daemon=True)
 
-    def start(self) -> "HeartbeatThread":
+    def start(self) -> HeartbeatThread:
         self._thread.start()
         return self
 
@@ -120,8 +121,8 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def staleness(run: Any, stale_after_s: float = DEFAULT_STALE_AFTER_S, now: Optional[float] = None,
-              host: Optional[str] = None) -> Optional[str]:
+def staleness(run: Any, stale_after_s: float = DEFAULT_STALE_AFTER_S, now: float | None = None,
+              host: str | None = None) -> str | None:
     """Why a RUNNING run is stale, or None while it is alive (or not RUNNING at all)."""
     if run.info.status != RUNNING:
         return None

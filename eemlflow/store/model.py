@@ -7,7 +7,6 @@ writing the model are in no energy column (they are not training). May import ML
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import torch
 
@@ -19,7 +18,7 @@ MODEL_NAME = "model"  # runs:/<run_id>/model
 
 
 def log_trained_model(run_id: str, model: torch.nn.Module, example: torch.Tensor,
-                      register_as: Optional[str] = None) -> str:
+                      register_as: str | None = None) -> str:
     """Log ``model`` (in eval mode, on the CPU) to run ``run_id`` with its signature and ``example`` (one batch of
     the evaluation data as the model sees it); register it as ``register_as`` when given. Returns its model URI."""
     import mlflow.pytorch
@@ -38,7 +37,7 @@ def log_trained_model(run_id: str, model: torch.nn.Module, example: torch.Tensor
     return info.model_uri
 
 
-def model_tags(run_id: str, model: torch.nn.Module, example: torch.Tensor, register_as: Optional[str]) -> dict[str, str]:
+def model_tags(run_id: str, model: torch.nn.Module, example: torch.Tensor, register_as: str | None) -> dict[str, str]:
     """``log_trained_model``, as the run's tags: the model's URI, or why it could not be logged. A failure is warned,
     not raised: the training it took is measured and kept either way, and the run still FINISHES."""
     try:

@@ -11,7 +11,8 @@ import logging
 import os
 import time
 import warnings
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import mlflow
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
@@ -20,18 +21,17 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from eemlflow.store import convert, schema
-from eemlflow.training.config import TrainConfig
-from eemlflow.training.data import ImageData
-from eemlflow.measure.readings import EnergyReading, EnergyResult
-from eemlflow.measure.projection import Projection, projection_error_pct
 from eemlflow.errors import EemlflowError
-from eemlflow.training.recipe import EpochResult
-from eemlflow.store import StoreWriter, experiment_id_for
+from eemlflow.measure.projection import Projection, projection_error_pct
+from eemlflow.measure.readings import EnergyReading, EnergyResult
+from eemlflow.store import StoreWriter, convert, experiment_id_for, schema
 from eemlflow.store.connect import describe_store_error, no_http_retries
 from eemlflow.store.system_metrics import start_system_metrics
 from eemlflow.store.urls import EXPERIMENT_KIND_TAG, TRAINING_KIND, run_url, ui_hint
 from eemlflow.store.writer import now_ms, spool_path_for, with_retries
+from eemlflow.training.config import CHECKPOINT_DIR, TrainConfig
+from eemlflow.training.data import ImageData
+from eemlflow.training.recipe import EpochResult
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ def _check_run_exists(client: MlflowClient, run_id: str) -> None:
 class TrainingRun:
     """One MLflow run holding one row of the study's CSV, its per-epoch history and its provenance."""
 
-    def __init__(self, client: MlflowClient, run_id: str, spool_root: str = "checkpoints") -> None:
+    def __init__(self, client: MlflowClient, run_id: str, spool_root: str = CHECKPOINT_DIR) -> None:
         self.client = client
         self.run_id = run_id
         self.writer = StoreWriter(client, run_id, spool_path_for(run_id, spool_root))
-        self._system: Optional[SystemMetricsMonitor] = None
+        self._system: SystemMetricsMonitor | None = None
         self.experiment_id = ""
 
     @property
@@ -81,7 +81,7 @@ class TrainingRun:
 
     @classmethod
     def open(cls, client: MlflowClient, cfg: TrainConfig, experiment_name: str = DEFAULT_EXPERIMENT,
-             system_metrics: bool = True, gpu_ids: Sequence[int] = ()) -> "TrainingRun":
+             system_metrics: bool = True, gpu_ids: Sequence[int] = ()) -> TrainingRun:
         """Reopen ``cfg.resume`` if set, else take ``mlflow run``'s run if there is one, else start a new run in
         ``experiment_name``. ``system_metrics``: MLflow's, with the GPUs ``gpu_ids`` (the run's own) only."""
         experiment_id = None
@@ -164,12 +164,13 @@ class TrainingRun:
             except Exception as e:
                 if attempt == 2:
                     log.warning("dataset %s not recorded on the run: %s", dataset.name, str(e).splitlines()[0][:200])
-                    self._log(tags={schema.INPUT_NOT_RECORDED_TAG.format(context=context): str(e).splitlines()[0][:500]})
+                    tag = schema.INPUT_NOT_RECORDED_TAG.format(context=context)
+                    self._log(tags={tag: str(e).splitlines()[0][:500]})
                 else:
                     time.sleep(0.5)
 
-    def log_epoch(self, result: EpochResult, energy: Optional[EnergyReading], total: Optional[EnergyReading],
-                  projection: Optional[Projection] = None) -> None:
+    def log_epoch(self, result: EpochResult, energy: EnergyReading | None, total: EnergyReading | None,
+                  projection: Projection | None = None) -> None:
         """The epoch's losses, accuracies, lr and throughput, its energy (CodeCarbon's and the hardware counters')
         and the run's projected totals (step = epoch number, from 1)."""
         key = schema.EPOCH
@@ -217,7 +218,8 @@ class TrainingRun:
             except Exception as e:  # scoring is a report: a store hiccup must not fail a finished run
                 log.warning("earlier projections not read back (%s): scoring this process's only", e)
         now = now_ms()
-        metrics = [Metric(schema.EPOCH.projection_error_pct, error, now, step) for step, value in sorted(projected.items())
+        metrics = [Metric(schema.EPOCH.projection_error_pct, error, now, step)
+                   for step, value in sorted(projected.items())
                    if (error := projection_error_pct(value, final_kwh)) is not None]
         if metrics:
             self.writer.log_batch(metrics=metrics, params=[], tags=[])
@@ -245,13 +247,13 @@ class TrainingRun:
             tags[schema.ENERGY_SUSPECT_TAG] = " | ".join(energy.suspicions)
         self._log(params=params, metrics=metrics, tags=tags)
 
-    def log_model(self, model: Any, example: Any, register_as: Optional[str] = None) -> None:
+    def log_model(self, model: Any, example: Any, register_as: str | None = None) -> None:
         """The trained model as the run's ``model``, or why it could not be logged (``store.model``)."""
         from eemlflow.store.model import model_tags
 
         self._log(tags=model_tags(self.run_id, model, example, register_as))
 
-    def finish(self, status: str, error: Optional[str] = None, stopped: Optional[str] = None) -> None:
+    def finish(self, status: str, error: str | None = None, stopped: str | None = None) -> None:
         """End the run as FINISHED, FAILED or KILLED, with the error (or the budget that ``stopped`` it) as a tag.
 
         The status is also kept in the ``eemlflow.status`` tag: under ``mlflow run``, MLflow 3.17's launcher
@@ -270,8 +272,8 @@ class TrainingRun:
         except Exception as e:
             log.debug("mlflow.end_run could not reach the store: %s", e)
 
-    def _log(self, params: Optional[dict[str, str]] = None, metrics: Optional[dict[str, float]] = None,
-             tags: Optional[dict[str, str]] = None, step: int = 0) -> None:
+    def _log(self, params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
+             tags: dict[str, str] | None = None, step: int = 0) -> None:
         now = now_ms()
         param_list = [Param(k, v) for k, v in (params or {}).items()]
         for i in range(0, max(len(param_list), 1), MAX_PARAMS_PER_BATCH):
@@ -288,5 +290,6 @@ def _description(cfg: TrainConfig, data: ImageData, device: str, input_size: tup
         f"images, upscaled to {input_size[-1]} px) for {cfg.epochs} epochs at batch size {cfg.batch_size}, "
         f"lr {cfg.base_lr:g}, on {device}. Recipe: timm train.py's (SGD Nesterov, cosine, 5 warmup epochs, "
         f"label smoothing 0.1); mode {cfg.mode}, {cfg.precision}, augmentation on the "
-        f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country}{'' if cfg.country_given else ', the default'})."
+        f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country}"
+        f"{'' if cfg.country_given else ', the default'})."
     )

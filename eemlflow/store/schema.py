@@ -127,7 +127,8 @@ EXTRAS: tuple[Column, ...] = (
     *(column for spec in COUNTERS for column in _counter_columns(spec)),
     Column("host_gpu_count", "metric", int, doc="the host's GPUs, measured or not (gpu_count: the measured ones)",
            mlflow_key="summary/host_gpu_count"),
-    Column("host_gpu_model", "tag", str, doc="the host's GPUs, e.g. 8 x NVIDIA H200", mlflow_key="energy.host_gpu_model"),
+    Column("host_gpu_model", "tag", str, doc="the host's GPUs, e.g. 8 x NVIDIA H200",
+           mlflow_key="energy.host_gpu_model"),
     Column("cpu_ram_share", "metric", float, doc="share of the host's CPU and RAM energy charged to this run (1: all; "
            "less while other trainings ran on the host)", mlflow_key="summary/cpu_ram_share"),
     Column("mode", "param", str, doc="faithful (the study's recipe) or fast"),
@@ -137,7 +138,8 @@ EXTRAS: tuple[Column, ...] = (
     # The launcher owns the `device` param (auto/cuda/cpu): the device actually used is `resolved_device`.
     Column("device", "param", str, doc="the torch device trained on", mlflow_key="resolved_device"),
     Column("status", "info", str, doc="MLflow run status"),
-    Column("train_images", "param", int, doc="training-set images (an epoch's, before the last partial batch is dropped)"),
+    Column("train_images", "param", int,
+           doc="training-set images (an epoch's, before the last partial batch is dropped)"),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

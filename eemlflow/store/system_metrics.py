@@ -11,7 +11,7 @@ them, e.g. ``system/gpu_3_power_usage_watts``.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from mlflow.system_metrics.metrics.base_metrics_monitor import BaseMetricsMonitor
 from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
@@ -45,7 +45,7 @@ class RunGpuMonitor(BaseMetricsMonitor):
 
 
 def start_system_metrics(run_id: str, gpu_ids: Sequence[int], tracking_uri: str,
-                         resume: bool = False) -> Optional[SystemMetricsMonitor]:
+                         resume: bool = False) -> SystemMetricsMonitor | None:
     """Start MLflow's system-metrics thread for ``run_id`` with the run's own GPUs; None if it cannot start.
     ``resume``: continue the step numbers of a resumed run's earlier segments."""
     try:

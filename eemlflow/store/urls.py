@@ -8,8 +8,6 @@ address ``mlflow ui`` serves by default, with the command that starts it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 TRAINING_VIEW = "workflowType=machine_learning"
 LOCAL_UI = "http://127.0.0.1:5000"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the UI's kind of an experiment
@@ -21,7 +19,7 @@ def ui_base(tracking_uri: str) -> str:
     return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: Optional[str] = None) -> str:
+def run_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
     """The run's page (or, without a run, the experiment's runs table) in the training view."""
     page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
     return f"{ui_base(tracking_uri)}/{page}?{TRAINING_VIEW}"

@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import TypeVar
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -27,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from eemlflow.atomic import atomic_write
 from eemlflow.errors import EemlflowError
 from eemlflow.store.connect import describe_store_error, no_http_retries
+from eemlflow.training.config import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def is_transient(error: BaseException) -> bool:
         return False
 
 
-def with_retries(call: Callable[[], T], what: str, window_s: Optional[float] = None,
+def with_retries(call: Callable[[], T], what: str, window_s: float | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> T:
     """``call()``, retried with backoff on transient errors for up to ``window_s``; the last error is raised."""
     window = retry_seconds() if window_s is None else window_s
@@ -147,7 +149,7 @@ class StoreWriter:
         self._submit({"op": "log_batch", "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics],
                       "params": [[p.key, p.value] for p in params], "tags": [[t.key, t.value] for t in tags]})
 
-    def set_terminated(self, status: str, end_time_ms: Optional[int] = None) -> None:
+    def set_terminated(self, status: str, end_time_ms: int | None = None) -> None:
         self._submit({"op": "set_terminated", "status": status, "end_time": end_time_ms or now_ms()})
 
     def _submit(self, record: dict) -> None:
@@ -196,7 +198,8 @@ def apply(client: MlflowClient, run_id: str, record: dict) -> None:
     """Send one spooled record to the store."""
     op = record.get("op")
     if op == "log_batch":
-        client.log_batch(run_id, metrics=[Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in record["metrics"]],
+        client.log_batch(run_id,
+                         metrics=[Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in record["metrics"]],
                          params=[Param(k, v) for k, v in record["params"]],
                          tags=[RunTag(k, v) for k, v in record["tags"]])
     elif op == "set_terminated":
@@ -220,7 +223,7 @@ def read_spool(path: Path) -> tuple[dict, list[dict]]:
     return items[0], items[1:]
 
 
-def replay(path: Path, client: Optional[MlflowClient] = None, window_s: Optional[float] = None) -> int:
+def replay(path: Path, client: MlflowClient | None = None, window_s: float | None = None) -> int:
     """Put a spool file's records into the store, in order; returns how many are left (0: file removed).
 
     Records already sent are taken out of the file as it goes (rewritten atomically), so a replay that stops
@@ -235,7 +238,7 @@ def replay(path: Path, client: Optional[MlflowClient] = None, window_s: Optional
         client = connect(header.get("tracking_uri"))
     for done, record in enumerate(records):
         try:
-            with_retries(lambda: apply(client, run_id, record), "replay", window_s=window_s)
+            with_retries(lambda record=record: apply(client, run_id, record), "replay", window_s=window_s)
         except Exception as e:
             _rewrite(path, header, records[done:])
             reason = describe_store_error(e, client.tracking_uri) if is_transient(e) else str(e).splitlines()[0]
@@ -249,6 +252,6 @@ def _rewrite(path: Path, header: dict, records: list[dict]) -> None:
     atomic_write(path, lambda f: f.write("".join(json.dumps(item) + "\n" for item in (header, *records))))
 
 
-def spool_path_for(run_id: str, root: str | Path = "checkpoints") -> Path:
+def spool_path_for(run_id: str, root: str | Path = CHECKPOINT_DIR) -> Path:
     """Where a run's unsent records go: ``<root>/<run_id>/unlogged-records.jsonl``, beside its working files."""
     return (Path(root) / run_id / "unlogged-records.jsonl").absolute()

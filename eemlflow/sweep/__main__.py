@@ -14,7 +14,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,25 +24,27 @@ from rich.table import Table
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
-REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
 from eemlflow.cli import EXIT_FAILED, EXIT_INTERRUPTED, add_verbose, configure_logging, print_error, prog
 from eemlflow.errors import EemlflowError
-from eemlflow.progress import RichSweepReporter
+from eemlflow.measure.gpu_ids import check_one_measurer
 from eemlflow.measure.units import WH_PER_KWH
+from eemlflow.progress import RichSweepReporter
 from eemlflow.store.schema import PARENT_RUN_TAG
+from eemlflow.store.status import FAILED, FINISHED, KILLED
 from eemlflow.store.urls import run_url, ui_hint
 from eemlflow.sweep.bookkeeping import cell_states, close_parent, log_forecast, open_parent
-from eemlflow.measure.gpu_ids import check_one_measurer
 from eemlflow.sweep.calibration_process import Forecasts, forecast_on
-from eemlflow.sweep.forecast import grid_total
-from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
 from eemlflow.sweep.executors import REGISTRY as EXECUTORS
 from eemlflow.sweep.executors import ExecutorOptions, create_executor, executor_class
+from eemlflow.sweep.forecast import grid_total
+from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
 from eemlflow.sweep.scheduler import Sweep
-from eemlflow.store.status import FAILED, FINISHED, KILLED
+from eemlflow.training.config import TRUE_WORDS
+
+REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
 
 
-def dry_run(client: MlflowClient, grid: Grid, experiment_id: Optional[str], console: Console) -> None:
+def dry_run(client: MlflowClient, grid: Grid, experiment_id: str | None, console: Console) -> None:
     states = cell_states(client, experiment_id) if experiment_id else {}
     table = Table(title=f"sweep {grid.name}: {len(grid.cells)} cells")
     for name in ("#", "model", "dataset", "epochs", "batch_size", "state"):
@@ -58,11 +61,14 @@ def dry_run(client: MlflowClient, grid: Grid, experiment_id: Optional[str], cons
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog("eemlflow.sweep"), description="Run a grid of trainings as one resumable sweep.")
+    p = argparse.ArgumentParser(prog=prog("eemlflow.sweep"),
+                                description="Run a grid of trainings as one resumable sweep.")
     p.add_argument("grid", help="grid file, e.g. sweeps/ee-training.yaml")
-    p.add_argument("--dry-run", nargs="?", const="true", default="false", help="list the cells and their state, train nothing")
+    p.add_argument("--dry-run", nargs="?", const="true", default="false",
+                   help="list the cells and their state, train nothing")
     p.add_argument("--only", action="append", default=[], help="keep cells matching key=value[,key=value]")
-    p.add_argument("--set", action="append", default=[], dest="overrides", help="override a setting in every cell: key=value")
+    p.add_argument("--set", action="append", default=[], dest="overrides",
+                   help="override a setting in every cell: key=value")
     p.add_argument("--retries", default="1", help="extra attempts for a failed cell (default 1)")
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one cell per GPU at a time")
     p.add_argument("--executor", default="local", choices=list(EXECUTORS),
@@ -86,21 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when launched with SIGINT ignored (nohup, &)
     configure_logging(args.verbose)
     console = Console(stderr=True)
     try:
-        from eemlflow.store import connect
         import mlflow
+
+        from eemlflow.store import connect
 
         retries = _nonnegative_int(args.retries, "--retries")
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
         check_one_measurer(gpus)  # one training per physical GPU, MIG slices included
         grid = load_grid(args.grid, parse_pairs(args.overrides, "--set"), parse_pairs(args.only, "--only"))
         client = connect(args.tracking_uri)
-        if args.dry_run.lower() in ("true", "1", "yes"):
+        if args.dry_run.lower() in TRUE_WORDS:
             exp = client.get_experiment_by_name(args.experiment or grid.experiment)
             dry_run(client, grid, exp.experiment_id if exp else None, Console())
             return 0
@@ -144,12 +151,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGTERM, previous)
         executor.close()
         close_parent(client, grid, experiment_id, parent_id, status)
-    if args.no_report.lower() not in ("true", "1", "yes"):
+    if args.no_report.lower() not in TRUE_WORDS:
         log_report(client, grid, experiment_id, parent_id, console)
     extra = (f"; {tally.resumed} resumed from a checkpoint" if tally.resumed else "") + (
         f"; {tally.left_running} left to the process training them" if tally.left_running else "") + (
         f"; {len(tally.stopped)} stopped by their own budget: {', '.join(tally.stopped)}" if tally.stopped else "") + (
-        f"; {len(tally.over_budget)} not started, over the grid's budget of {budget:g} kWh" if tally.over_budget else "") + (
+        f"; {len(tally.over_budget)} not started, over the grid's budget of {budget:g} kWh"
+        if tally.over_budget else "") + (
         f"; forecast {tally.forecast_kwh * WH_PER_KWH:.3f} Wh for the cells trained, "
         f"{(tally.forecast_kwh / tally.forecast_measured_kwh - 1) * 100:+.0f} %" if tally.forecast_measured_kwh else "")
     console.print(f"sweep {grid.name}: {tally.done} trained, {tally.skipped} already done, {tally.retried} retries, "
@@ -178,7 +186,7 @@ def log_report(client: MlflowClient, grid: Grid, experiment_id: str, parent_id: 
                       highlight=False, soft_wrap=True)
 
 
-def forecast(cells: Sequence[Cell], console: Console, gpu: Optional[str] = None) -> Forecasts:
+def forecast(cells: Sequence[Cell], console: Console, gpu: str | None = None) -> Forecasts:
     """Calibrate each distinct cell shape in a process of its own on ``gpu`` (with progress), print every cell's
     forecast and the total."""
     started = time.perf_counter()
@@ -188,7 +196,8 @@ def forecast(cells: Sequence[Cell], console: Console, gpu: Optional[str] = None)
 
         def shown(i: int, n: int, cfg) -> None:
             progress.update(task, total=n, completed=i - 1,
-                            description=f"calibrating {cfg.model} at batch {cfg.batch_size} ({cfg.resolved_data_path} data path)")
+                            description=f"calibrating {cfg.model} at batch {cfg.batch_size} "
+                                        f"({cfg.resolved_data_path} data path)")
         result = forecast_on(cells, gpu, shown)
     forecasts, calibrations = result.cells, result.calibrations
     table = Table(title=f"forecast: {len(forecasts)} cells to train, {calibrations} calibration"
@@ -212,7 +221,7 @@ def _nonnegative_int(raw: str, what: str) -> int:
     return _parsed(raw, what, int)
 
 
-def _parsed(raw: str, what: str, kind: type, minimum_excluded: Optional[float] = None):
+def _parsed(raw: str, what: str, kind: type, minimum_excluded: float | None = None):
     """``raw`` as ``kind``: above ``minimum_excluded`` when given, else 0 or more; one clear error otherwise."""
     try:
         value = kind(raw)

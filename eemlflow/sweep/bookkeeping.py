@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
 from eemlflow.store import experiment_id_for, search_all_runs
 from eemlflow.store.liveness import staleness
-from eemlflow.training.checkpoint import checkpoint_path
-from eemlflow.store.schema import (CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, FORECAST, LOST_ENERGY_METRIC, SEGMENTS_TAG, SWEEP,
-                                   SWEEP_TAG)
-from eemlflow.sweep.forecast import CellForecast, grid_total, to_csv
-from eemlflow.sweep.grid import Grid
+from eemlflow.store.schema import (
+    CELL_TAG,
+    EMISSIONS_METRIC,
+    ENERGY_METRIC,
+    FORECAST,
+    LOST_ENERGY_METRIC,
+    SEGMENTS_TAG,
+    SWEEP,
+    SWEEP_TAG,
+)
 from eemlflow.store.status import FINISHED, RUNNING
 from eemlflow.store.writer import RetryingWrites, now_ms
+from eemlflow.sweep.forecast import CellForecast, grid_total, to_csv
+from eemlflow.sweep.grid import Grid
+from eemlflow.training.checkpoint import checkpoint_path
+from eemlflow.training.config import CHECKPOINT_DIR
 
 FORECAST_ARTIFACT = "forecast/forecast.csv"
 FORECAST_WHERE_TAG = "eemlflow.forecast_calibrated_on"  # the GPU and process the forecast was calibrated in
@@ -54,10 +63,10 @@ def cell_states(client: MlflowClient, experiment_id: str) -> dict[str, CellState
 
 def has_checkpoint(run) -> bool:
     """Whether the run's checkpoint is on this machine (where its params say it was written)."""
-    return checkpoint_path(run.data.params.get("checkpoint_dir") or "checkpoints", run.info.run_id).exists()
+    return checkpoint_path(run.data.params.get("checkpoint_dir") or CHECKPOINT_DIR, run.info.run_id).exists()
 
 
-def open_parent(client: MlflowClient, grid: Grid, experiment: Optional[str]) -> tuple[str, str]:
+def open_parent(client: MlflowClient, grid: Grid, experiment: str | None) -> tuple[str, str]:
     """(experiment id, parent run id): ``mlflow run``'s run if launched so, else this grid's earlier parent
     (reopened, so a resumed sweep stays one parent), else a new one."""
     client = RetryingWrites(client)

@@ -12,8 +12,8 @@ import logging
 import multiprocessing
 import os
 import queue as queue_errors
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 from eemlflow.errors import EemlflowError
 from eemlflow.sweep.forecast import CellForecast, forecast_cells
@@ -32,8 +32,8 @@ class Forecasts:
     where: str
 
 
-def forecast_on(cells: Sequence[Cell], gpu: Optional[str],
-                on_calibration: Optional[Callable[[int, int, TrainConfig], None]] = None) -> Forecasts:
+def forecast_on(cells: Sequence[Cell], gpu: str | None,
+                on_calibration: Callable[[int, int, TrainConfig], None] | None = None) -> Forecasts:
     """Calibrate and forecast ``cells`` in a child process that sees only ``gpu`` (None: what this one sees)."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state inherited, none left behind
     messages = ctx.Queue()
@@ -57,7 +57,8 @@ def forecast_on(cells: Sequence[Cell], gpu: Optional[str],
             except queue_errors.Empty:
                 if not child.is_alive():
                     raise EemlflowError(f"the forecast's calibration process exited with code {child.exitcode} "
-                                        "before finishing (out of memory?); run the sweep without --forecast")
+                                        "before finishing (out of memory?); run the sweep without --forecast"
+                                        ) from None
                 continue
             if kind == "calibrating" and on_calibration:
                 on_calibration(*payload)

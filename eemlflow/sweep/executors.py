@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Protocol
 
 from eemlflow.errors import EemlflowError
 
@@ -23,7 +24,7 @@ class Job(Protocol):
 
     attaches_log: bool
 
-    def poll(self) -> Optional[int]: ...
+    def poll(self) -> int | None: ...
     def terminate(self) -> None: ...
     def wait(self, timeout: float) -> bool: ...
     def kill(self) -> None: ...
@@ -44,14 +45,13 @@ class Executor(Protocol):
     """Runs cells: ``slots`` says how many at once (each entry the GPU a cell gets, or None: the executor places
     it), ``checks_data_here`` whether the data must be on the machine that runs the sweep."""
 
-    name: str
-    slots: list[Optional[str]]
+    slots: list[str | None]
     checks_data_here: bool
 
     @classmethod
     def from_options(cls, options: ExecutorOptions) -> Executor: ...
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: Optional[str]) -> Job: ...
+              gpu: str | None) -> Job: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
 

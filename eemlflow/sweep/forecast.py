@@ -17,18 +17,27 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 from eemlflow.measure.energy import EnergyMonitor
-from eemlflow.measure.readings import EnergyReading
 from eemlflow.measure.gpu_ids import measured_gpu_ids
-from eemlflow.training import (ImageData, TrainConfig, build_recipe, device_identity, eval_step, load_data,
-                               resolve_device,
-                               synchronizer, train_loss_fn, train_step)
-from eemlflow.training.checkpoint import save_checkpoint
+from eemlflow.measure.readings import EnergyReading
 from eemlflow.sweep.grid import Cell
+from eemlflow.training import (
+    ImageData,
+    TrainConfig,
+    build_recipe,
+    device_identity,
+    eval_step,
+    load_data,
+    resolve_device,
+    synchronizer,
+    train_loss_fn,
+    train_step,
+)
+from eemlflow.training.checkpoint import save_checkpoint
 
 WARM_STEPS, WARM_S = 3, 0.5  # warm-up before measuring (loader start, cuDNN autotuning, allocator): steps and s
 MIN_STEPS, MIN_TRAIN_S = 10, 2.0  # measure at least this many steps and this long
@@ -50,7 +59,7 @@ class Calibration:
 class CellForecast:
     """A cell's predicted measured duration (s), energy (kWh) and emissions (kg CO2-eq); a total has no cell."""
 
-    cell: Optional[Cell]
+    cell: Cell | None
     duration_s: float
     energy_kwh: float
     emissions_kg: float
@@ -62,7 +71,7 @@ def shape_key(cfg: TrainConfig) -> tuple:
             cfg.country)
 
 
-def forecast_cells(cells: Sequence[Cell], on_calibration: Optional[Callable[[int, int, TrainConfig], None]] = None,
+def forecast_cells(cells: Sequence[Cell], on_calibration: Callable[[int, int, TrainConfig], None] | None = None,
                    ) -> tuple[list[CellForecast], dict[tuple, Calibration]]:
     """Calibrate each distinct shape once (``on_calibration(i, n, cfg)`` before each), then forecast every cell."""
     shapes: dict[tuple, TrainConfig] = {}
@@ -85,14 +94,16 @@ def forecast_cells(cells: Sequence[Cell], on_calibration: Optional[Callable[[int
             device = resolve_device(cfg.device)
             monitor_key = (cfg.country, str(device))
             if monitor_key not in monitors:
-                monitors[monitor_key] = EnergyMonitor(cfg.country, country_given=cfg.country_given, gpu_ids=measured_gpu_ids(*device_identity(device)),
-                                                      measure_power_secs=cfg.measure_power_secs, synchronize=synchronizer(device))
+                monitors[monitor_key] = EnergyMonitor(
+                    cfg.country, country_given=cfg.country_given, gpu_ids=measured_gpu_ids(*device_identity(device)),
+                    measure_power_secs=cfg.measure_power_secs, synchronize=synchronizer(device))
                 monitors[monitor_key].start()
             calibrations[key] = calibrate(cfg, data_for(cfg), monitors[monitor_key])
     finally:
         for monitor in monitors.values():
             monitor.stop(warn=False)  # the trainings themselves flag suspect figures
-    return [forecast_cell(cell, calibrations[shape_key(cell.config)], data_for(cell.config)) for cell in cells], calibrations
+    forecasts = [forecast_cell(cell, calibrations[shape_key(cell.config)], data_for(cell.config)) for cell in cells]
+    return forecasts, calibrations
 
 
 def calibrate(cfg: TrainConfig, data: ImageData, monitor: EnergyMonitor) -> Calibration:

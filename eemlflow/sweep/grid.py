@@ -7,9 +7,9 @@ import hashlib
 import itertools
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import yaml
 
@@ -66,8 +66,8 @@ def parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
     return pairs
 
 
-def load_grid(path: str | Path, overrides: Optional[dict[str, str]] = None,
-              only: Optional[dict[str, str]] = None) -> Grid:
+def load_grid(path: str | Path, overrides: dict[str, str] | None = None,
+              only: dict[str, str] | None = None) -> Grid:
     """Expand a grid file into validated cells; every bad cell is listed in one error."""
     path = Path(path)
     try:
@@ -82,7 +82,8 @@ def load_grid(path: str | Path, overrides: Optional[dict[str, str]] = None,
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in (*(only or {}), *(overrides or {})):
         if key not in known:
-            raise EemlflowError(f"unknown setting {key!r} in --only/--set: known settings are {', '.join(sorted(known))}")
+            raise EemlflowError(f"unknown setting {key!r} in --only/--set: known settings are "
+                                f"{', '.join(sorted(known))}")
     try:
         wanted = TrainConfig.from_strings(only) if only else None
     except EemlflowError as e:

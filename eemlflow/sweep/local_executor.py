@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from eemlflow.sweep.executors import ExecutorOptions, child_env, last_line
 
@@ -18,7 +18,7 @@ class LocalJob:
     def __init__(self, process: subprocess.Popen, log_path: str) -> None:
         self.process, self.log_path = process, log_path
 
-    def poll(self) -> Optional[int]:
+    def poll(self) -> int | None:
         return self.process.poll()
 
     def terminate(self) -> None:
@@ -42,19 +42,18 @@ class LocalJob:
 class LocalExecutor:
     """One process a cell on this machine; ``gpus`` are the slots (``CUDA_VISIBLE_DEVICES`` per cell)."""
 
-    name = "local"
     checks_data_here = True  # the cells read the data here
 
     def __init__(self, gpus: Sequence[str] = ()) -> None:
         self.gpus = list(gpus)
-        self.slots: list[Optional[str]] = list(self.gpus) or [None]
+        self.slots: list[str | None] = list(self.gpus) or [None]
 
     @classmethod
     def from_options(cls, options: ExecutorOptions) -> LocalExecutor:
         return cls(options.gpus)
 
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: Optional[str]) -> LocalJob:
+              gpu: str | None) -> LocalJob:
         gpu_env = {"CUDA_VISIBLE_DEVICES": gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if gpu is not None else {}
         full = child_env({**env, **gpu_env})
         with open(log_path, "w") as out:

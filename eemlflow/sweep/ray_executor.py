@@ -13,7 +13,7 @@ Ray is imported only here, and only when the Ray executor is chosen (``pip insta
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from eemlflow.errors import EemlflowError
@@ -89,9 +89,9 @@ class RayJob:
 
     def __init__(self, ref) -> None:
         self.ref = ref
-        self._result: Optional[dict] = None
+        self._result: dict | None = None
 
-    def poll(self) -> Optional[int]:
+    def poll(self) -> int | None:
         import ray
 
         if self._result is None:
@@ -128,10 +128,9 @@ class RayJob:
 class RayExecutor:
     """Cells as Ray tasks on a running cluster (``address``: ``auto`` or ``HOST:PORT``) or on a local Ray it starts."""
 
-    name = "ray"
     checks_data_here = False  # the data lives on the nodes: each cell checks its own
 
-    def __init__(self, address: Optional[str], tracking_uri: str, cpus_per_cell: float = 1.0) -> None:
+    def __init__(self, address: str | None, tracking_uri: str, cpus_per_cell: float = 1.0) -> None:
         try:
             import ray
         except ImportError:
@@ -141,7 +140,8 @@ class RayExecutor:
             ray.init(address=address or None, log_to_driver=False, include_dashboard=False if not address else None,
                      configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise EemlflowError(f"cannot reach the Ray cluster at {address or 'a local Ray'}: {str(e).splitlines()[0]}; "
+            where = address or "a local Ray"
+            raise EemlflowError(f"cannot reach the Ray cluster at {where}: {str(e).splitlines()[0]}; "
                                 "start one with `ray start --head` or pass --ray-address HOST:PORT") from None
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         try:
@@ -157,7 +157,7 @@ class RayExecutor:
         else:  # a CPU-only cluster: one cell per ``cpus_per_cell`` CPUs
             self.options = {"num_cpus": cpus_per_cell}
             capacity = max(int(resources.get("CPU", 1) // cpus_per_cell), 1)
-        self.slots: list[Optional[str]] = [None] * capacity  # Ray gives each task its GPU
+        self.slots: list[str | None] = [None] * capacity  # Ray gives each task its GPU
         self._remote = ray.remote(max_retries=0)(_train_cell)
 
     @classmethod
@@ -167,7 +167,7 @@ class RayExecutor:
         return cls(options.ray_address.strip() or None, options.tracking_uri, options.ray_cpus_per_cell)
 
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: Optional[str]) -> RayJob:
+              gpu: str | None) -> RayJob:
         from pathlib import Path
 
         return RayJob(self._remote.options(**self.options).remote(list(command), env, run_id, Path(log_path).name))

@@ -12,28 +12,38 @@ import shutil
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric, RunTag
 
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
+from eemlflow.measure.projection import projection_error_pct
+from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.store.liveness import staleness
+from eemlflow.store.schema import (
+    ATTEMPT_TAG,
+    CELL_TAG,
+    EMISSIONS_METRIC,
+    ENERGY_METRIC,
+    ERROR_TAG,
+    FORECAST,
+    PARENT_RUN_TAG,
+    STATUS_TAG,
+    STOPPED_TAG,
+)
+from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
 from eemlflow.store.writer import RetryingWrites, now_ms
 from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint
-from eemlflow.measure.units import WH_PER_KWH
-from eemlflow.measure.projection import projection_error_pct
-from eemlflow.store.schema import (ATTEMPT_TAG, CELL_TAG, EMISSIONS_METRIC, ENERGY_METRIC, ERROR_TAG, FORECAST,
-                                   PARENT_RUN_TAG, STATUS_TAG, STOPPED_TAG)
+from eemlflow.sweep.executors import Executor, Job
 from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
-from eemlflow.sweep.executors import Executor, Job
 from eemlflow.sweep.local_executor import LocalExecutor
 from eemlflow.sweep.tally import SweepReporter, SweepView, Tally
-from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +55,10 @@ CLOSE_WAIT_S = 30.0  # how long a stopped cell's process may take to close its r
 class Slot:
     """A place to run one cell at a time: one GPU (``CUDA_VISIBLE_DEVICES``), the machine, or a Ray task."""
 
-    gpu: Optional[str]
-    cell: Optional[Cell] = None
+    gpu: str | None
+    cell: Cell | None = None
     run_id: str = ""
-    process: Optional[Job] = None
+    process: Job | None = None
     started: float = 0.0
     log_path: str = ""
     resumed: bool = False
@@ -59,9 +69,9 @@ class Sweep:
     """Runs the pending cells of a grid under one parent run, one per slot at a time."""
 
     def __init__(self, client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, tracking_uri: str,
-                 retries: int = 1, gpus: Sequence[str] = (), reporter: Optional[SweepReporter] = None,
-                 skip_running: bool = False, forecasts: Optional[dict[str, CellForecast]] = None,
-                 budget_kwh: Optional[float] = None, executor: Optional[Executor] = None) -> None:
+                 retries: int = 1, gpus: Sequence[str] = (), reporter: SweepReporter | None = None,
+                 skip_running: bool = False, forecasts: dict[str, CellForecast] | None = None,
+                 budget_kwh: float | None = None, executor: Executor | None = None) -> None:
         """``forecasts``: cell id -> its forecast (logged on its run, scored when it finishes, refined as cells
         finish); ``budget_kwh``: the whole grid's energy, done cells included: no cell starts whose forecast
         would cross it."""
@@ -158,12 +168,13 @@ class Sweep:
                            f"the budget of {self.budget_kwh:g} kWh")
         return False
 
-    def _start(self, slot: Slot, cell: Cell, attempt: int, resume: Optional[str] = None) -> None:
+    def _start(self, slot: Slot, cell: Cell, attempt: int, resume: str | None = None) -> None:
         """A training process for ``cell``: in a new child run, or continuing run ``resume`` from its checkpoint."""
         env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_EXPERIMENT_ID": self.experiment_id}
         command = cell.command()
         if resume:
-            self.store.log_batch(resume, tags=[RunTag(ATTEMPT_TAG, str(attempt)), RunTag(PARENT_RUN_TAG, self.parent_id)])
+            self.store.log_batch(resume, tags=[RunTag(ATTEMPT_TAG, str(attempt)),
+                                               RunTag(PARENT_RUN_TAG, self.parent_id)])
             command += ["--resume", resume]
             run_id = resume
         else:
@@ -184,7 +195,7 @@ class Sweep:
         if resume:
             self.reporter.note(f"{cell.config.run_name}: resuming run {resume} from its checkpoint")
 
-    def _resumable(self, run_id: str) -> Optional[str]:
+    def _resumable(self, run_id: str) -> str | None:
         """``run_id`` when its checkpoint is here (the next attempt continues it), else None (train anew)."""
         return run_id if run_id and has_checkpoint(self.client.get_run(run_id)) else None
 
@@ -213,7 +224,8 @@ class Sweep:
             self._end(run_id, status, f"training process exited with code {slot.process.poll()}: "
                                       f"{slot.process.tail()}")
         self._attach_log(slot)
-        line = f"{cell.config.run_name}: {status}{' (resumed)' if slot.resumed else ''} in {time.time() - slot.started:.0f} s"
+        resumed = " (resumed)" if slot.resumed else ""
+        line = f"{cell.config.run_name}: {status}{resumed} in {time.time() - slot.started:.0f} s"
         if status == FINISHED:
             measured = run.data.metrics.get(ENERGY_METRIC, 0.0)
             tally.done += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Protocol
 
 
 @dataclass
@@ -44,10 +44,10 @@ class SweepView:
     pending: int
     running: int
     slots: int
-    forecast_left_kwh: Optional[float] = None
+    forecast_left_kwh: float | None = None
 
     @property
-    def eta_s(self) -> Optional[float]:
+    def eta_s(self) -> float | None:
         """Seconds to the end at the mean duration of the cells finished so far (None before the first)."""
         durations = self.tally.durations
         if not durations:

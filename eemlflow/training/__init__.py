@@ -10,8 +10,19 @@ from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
 from eemlflow.training.datasets import check_available, load_data
 from eemlflow.training.models import check_model_name, create_model
-from eemlflow.training.recipe import (EpochResult, Recipe, build_recipe, device_identity, eval_step, resolve_device,
-                                      run_epochs, synchronizer, train_loss_fn, train_step)
+from eemlflow.training.recipe import (
+                                      EpochResult,
+                                      Recipe,
+                                      build_recipe,
+                                      device_identity,
+                                      eval_step,
+                                      resolve_device,
+                                      run_epochs,
+                                      synchronizer,
+                                      train_loss_fn,
+                                      train_step,
+)
 
-__all__ = ["EpochResult", "ImageData", "Recipe", "TrainConfig", "build_recipe", "check_available", "device_identity",
-           "check_model_name", "create_model", "eval_step", "load_data", "resolve_device", "run_epochs", "synchronizer", "train_loss_fn", "train_step"]
+__all__ = ["EpochResult", "ImageData", "Recipe", "TrainConfig", "build_recipe", "check_available", "check_model_name",
+           "create_model", "device_identity", "eval_step", "load_data", "resolve_device", "run_epochs", "synchronizer",
+           "train_loss_fn", "train_step"]

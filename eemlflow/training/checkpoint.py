@@ -4,11 +4,12 @@ A checkpoint holds the model, optimizer and scheduler states, the number of epoc
 generator the next epochs draw from (torch's, numpy's, Python's, CUDA's, and the device data path's own
 generators) and the settings and the kind of device (``cpu``/``cuda``) it was trained with: a run moves between
 GPUs (another index, fewer or more visible) but not between the CPU and a GPU, whose generators and numerics
-differ. Only the training device's CUDA generator is kept, and only a CUDA training touches CUDA at all. Written after an epoch ends, it is the state "ready to start
-the next epoch": timm's loader draws its shuffle (and, with workers=0, its augmentations) from the restored
-generators, so on the CPU with workers=0 a resumed run repeats the uninterrupted one bit for bit. With loader
-worker processes the workers' own generators are not captured, so a resumed run is statistically, not bitwise,
-the same. The caller may add its own picklable ``extra`` (the runner keeps the energy measured so far there).
+differ. Only the training device's CUDA generator is kept, and only a CUDA training touches CUDA at all. Written
+after an epoch ends, it is the state "ready to start the next epoch": timm's loader draws its shuffle (and, with
+workers=0, its augmentations) from the restored generators, so on the CPU with workers=0 a resumed run repeats
+the uninterrupted one bit for bit. With loader worker processes the workers' own generators are not captured, so
+a resumed run is statistically, not bitwise, the same. The caller may add its own picklable ``extra`` (the runner
+keeps the energy measured so far there).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ def differing_settings(checkpoint: Checkpoint, cfg: TrainConfig) -> list[str]:
             if checkpoint.settings.get(k) != now[k]]
 
 
-def device_change(checkpoint: Checkpoint, device_type: str) -> Optional[str]:
+def device_change(checkpoint: Checkpoint, device_type: str) -> str | None:
     """Why the checkpoint cannot continue on a ``device_type`` device (None: it can). Checkpoints from before the
     device was recorded were written by CPU or CUDA runs alike: their CUDA generators say which."""
     trained_on = checkpoint.state.get("device_type") or ("cuda" if checkpoint.state["rng"].get("cuda") else None)

@@ -7,8 +7,9 @@ The MLproject, the ``python -m eemlflow.train`` command line and the sweep all b
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from eemlflow.errors import EemlflowError
 from eemlflow.training.datasets import dataset_spec
@@ -19,6 +20,11 @@ DATA_PATHS: tuple[str, ...] = ("cpu", "gpu")
 
 # The study's recipe (timm train.py defaults): lr = BASE_LR_PER_256 x batch_size / 256.
 BASE_LR_PER_256 = 0.1
+# Where checkpoints (and a run's unsent store records) go when no checkpoint_dir is given.
+CHECKPOINT_DIR = "checkpoints"
+# Words that mean yes and no in a setting or a flag's value.
+TRUE_WORDS = ("1", "true", "yes", "y", "on")
+FALSE_WORDS = ("0", "false", "no", "n", "off")
 # The country whose average carbon intensity applies when none is given (recorded as "default").
 DEFAULT_COUNTRY = "USA"
 # Each budget a run can be held to, by what it limits (the settings are in kWh, kg CO2-eq and s).
@@ -48,27 +54,27 @@ class TrainConfig:
     dataset: str = _setting("cifar10", RESULT)
     epochs: int = _setting(50, RESULT)
     batch_size: int = _setting(128, RESULT)
-    lr: Optional[float] = _setting(None, RESULT)
-    img_size: Optional[int] = _setting(None, RESULT)
+    lr: float | None = _setting(None, RESULT)
+    img_size: int | None = _setting(None, RESULT)
     data_dir: str = _setting("data", EXECUTION)
     device: str = _setting("auto", RESULT)
-    country_iso_code: Optional[str] = _setting(None, RESULT)
+    country_iso_code: str | None = _setting(None, RESULT)
     seed: int = _setting(42, RESULT)
     workers: int = _setting(4, EXECUTION)
     download: bool = _setting(False, EXECUTION)
     measure_power_secs: float = _setting(1.0, RESULT)
     mode: str = _setting("faithful", RESULT)
-    data_path: Optional[str] = _setting(None, RESULT)
+    data_path: str | None = _setting(None, RESULT)
     compile: bool = _setting(False, RESULT)
     checkpoint_every: int = _setting(1, EXECUTION)
-    checkpoint_dir: str = _setting("checkpoints", EXECUTION)
+    checkpoint_dir: str = _setting(CHECKPOINT_DIR, EXECUTION)
     keep_checkpoint: bool = _setting(False, EXECUTION)
-    resume: Optional[str] = _setting(None, EXECUTION)
-    energy_budget_kwh: Optional[float] = _setting(None, BUDGET)
-    emissions_budget_kg: Optional[float] = _setting(None, BUDGET)
-    time_budget_s: Optional[float] = _setting(None, BUDGET)
+    resume: str | None = _setting(None, EXECUTION)
+    energy_budget_kwh: float | None = _setting(None, BUDGET)
+    emissions_budget_kg: float | None = _setting(None, BUDGET)
+    time_budget_s: float | None = _setting(None, BUDGET)
     log_model: bool = _setting(False, EXECUTION)
-    register_as: Optional[str] = _setting(None, EXECUTION)
+    register_as: str | None = _setting(None, EXECUTION)
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "model is empty: give a timm model name, e.g. resnet18")
@@ -82,7 +88,8 @@ class TrainConfig:
             f"img_size must be an integer of at least 8 pixels, got {self.img_size}",
         )
         _check(self.workers >= 0, f"workers must be 0 or more, got {self.workers}")
-        _check(self.checkpoint_every >= 0, f"checkpoint_every must be 0 (never) or a number of epochs, got {self.checkpoint_every}")
+        _check(self.checkpoint_every >= 0,
+               f"checkpoint_every must be 0 (never) or a number of epochs, got {self.checkpoint_every}")
         _check(self.measure_power_secs > 0, f"measure_power_secs must be positive, got {self.measure_power_secs}")
         _check(self.mode in MODES, f"unknown mode {self.mode!r}: choose faithful (the study's recipe) or fast")
         _check(
@@ -131,11 +138,11 @@ class TrainConfig:
         """A name that reads well in the MLflow runs table, e.g. ``resnet18-cifar10-e50-b128``."""
         return f"{self.model}-{self.dataset}-e{self.epochs}-b{self.batch_size}"
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_strings(cls, values: Mapping[str, Optional[str]]) -> "TrainConfig":
+    def from_strings(cls, values: Mapping[str, str | None]) -> TrainConfig:
         """Build a config from raw strings (MLproject parameters, sweep files, ``--set k=v``).
 
         Empty strings mean "use the default". Unknown keys are an error that lists the known ones.
@@ -164,9 +171,9 @@ def _parse(key: str, raw: Any, type_name: str) -> Any:
         kind = "an integer" if "int" in type_name else "a number"
         raise EemlflowError(f"{key} must be {kind}, got {raw!r}") from None
     if "bool" in type_name:
-        if text.lower() in ("1", "true", "yes", "y", "on"):
+        if text.lower() in TRUE_WORDS:
             return True
-        if text.lower() in ("0", "false", "no", "n", "off"):
+        if text.lower() in FALSE_WORDS:
             return False
         raise EemlflowError(f"{key} must be true or false, got {raw!r}")
     return text

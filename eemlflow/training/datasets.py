@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from eemlflow.errors import EemlflowError
 
@@ -42,12 +42,12 @@ class DatasetSpec:
     name: str
     title: str
     num_classes: int
-    train_images: Optional[int]  # the training set's size, for rows that do not record it (a published CSV)
+    train_images: int | None  # the training set's size, for rows that do not record it (a published CSV)
     loader: str
     doc: str
     files: tuple[str, ...] = ()
     fetch: str = ""
-    cifar: Optional[CifarLayout] = None
+    cifar: CifarLayout | None = None
 
     def missing(self, data_dir: str | Path) -> list[str]:
         """The needed files that are not under ``data_dir``."""
@@ -59,7 +59,8 @@ class DatasetSpec:
         if missing:
             folder = Path(data_dir) / Path(missing[0]).parent
             names = ", ".join(Path(f).name for f in missing)
-            raise EemlflowError(f"{self.title} files missing in {folder}: {names}. {self.fetch.format(data_dir=data_dir)}")
+            fetch = self.fetch.format(data_dir=data_dir)
+            raise EemlflowError(f"{self.title} files missing in {folder}: {names}. {fetch}")
 
     def load(self, data_dir: str | Path = "data", download: bool = False) -> ImageData:
         module, function = self.loader.split(":")

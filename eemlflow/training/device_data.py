@@ -19,7 +19,7 @@ one stops the CPU from queueing work ahead of the GPU). Each image's bilinear or
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ ATTEMPTS = 10
 GREY = (0.299, 0.587, 0.114)  # PIL's ITU-R 601-2 luma, which torchvision's jitter uses too
 
 
-def sample_crop_boxes(n: int, height: int, width: int, generator: Optional[torch.Generator] = None,
+def sample_crop_boxes(n: int, height: int, width: int, generator: torch.Generator | None = None,
                       scale: tuple[float, float] = SCALE, ratio: tuple[float, float] = RATIO,
                       device: torch.device | str = "cpu") -> torch.Tensor:
     """``n`` RandomResizedCrop boxes as (top, left, h, w) rows, drawn like timm's ``get_params``."""
@@ -63,7 +63,7 @@ def sample_crop_boxes(n: int, height: int, width: int, generator: Optional[torch
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, mode: str,
-                flip: Optional[torch.Tensor] = None) -> torch.Tensor:
+                flip: torch.Tensor | None = None) -> torch.Tensor:
     """Crop each NCHW float image to its (top, left, h, w) box and resize to ``size``, in one grid_sample."""
     n, _, height, width = images.shape
     top, left, h, w = boxes.to(images.dtype).unbind(1)
@@ -78,7 +78,7 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, mode: str,
     return out.clamp_(0, 255)
 
 
-def color_jitter(x: torch.Tensor, strength: float = 0.4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, strength: float = 0.4, generator: torch.Generator | None = None) -> torch.Tensor:
     """torchvision's ColorJitter(brightness, contrast, saturation = strength) on [0, 255] floats, per image."""
     n = x.shape[0]
     factors = 1 - strength + 2 * strength * torch.rand(n, 3, generator=generator, device=x.device)

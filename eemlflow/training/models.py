@@ -15,7 +15,8 @@ def check_model_name(name: str) -> None:
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `python -c \"import timm; print(timm.list_models('*net*'))\"` lists them"
+    hint = (f"; did you mean {', '.join(close)}?" if close
+            else "; `python -c \"import timm; print(timm.list_models('*net*'))\"` lists them")
     raise EemlflowError(f"unknown timm model {name!r}{hint}")
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
 
 import torch
 from timm.data import create_loader, resolve_data_config
@@ -25,9 +25,9 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import accuracy, random_seed
 
+from eemlflow.errors import EemlflowError
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
-from eemlflow.errors import EemlflowError
 from eemlflow.training.device_data import DeviceLoader
 from eemlflow.training.models import create_model
 
@@ -91,11 +91,12 @@ def resolve_device(name: str) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if name == "cuda":
-        raise EemlflowError("device=cuda but torch sees no GPU: check nvidia-smi and the CUDA build of torch, or use device=auto")
+        raise EemlflowError("device=cuda but torch sees no GPU: check nvidia-smi and the CUDA build of torch, or use "
+                            "device=auto")
     return torch.device("cpu")
 
 
-def device_identity(device: torch.device) -> tuple[str, int, Optional[str]]:
+def device_identity(device: torch.device) -> tuple[str, int, str | None]:
     """A torch device as (type, index, UUID): the UUID is what names the same physical GPU to NVML whatever
     ``CUDA_DEVICE_ORDER`` says (None on the CPU or where torch does not report it)."""
     if device.type != "cuda":
@@ -108,7 +109,7 @@ def device_identity(device: torch.device) -> tuple[str, int, Optional[str]]:
     return "cuda", index, uuid
 
 
-def synchronizer(device: torch.device) -> Optional[Callable[[], None]]:
+def synchronizer(device: torch.device) -> Callable[[], None] | None:
     """What waits for ``device``'s queued work (before an energy counter is read), or None on the CPU."""
     if device.type != "cuda":
         return None
@@ -171,7 +172,7 @@ def _device_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: t
     return train, evaluation
 
 
-BatchCallback = Callable[[int, int, Optional[float]], None]  # (batch index, batches, loss or None)
+BatchCallback = Callable[[int, int, float | None], None]  # (batch index, batches, loss or None)
 
 
 def train_loss_fn() -> torch.nn.Module:
@@ -196,7 +197,7 @@ def eval_step(recipe: Recipe, x: torch.Tensor) -> torch.Tensor:
         return recipe.model(x).float()
 
 
-def run_epochs(recipe: Recipe, on_batch: Optional[BatchCallback] = None, start_epoch: int = 0) -> Iterator[EpochResult]:
+def run_epochs(recipe: Recipe, on_batch: BatchCallback | None = None, start_epoch: int = 0) -> Iterator[EpochResult]:
     """Train and evaluate epoch by epoch, yielding after each; the schedule steps once per epoch.
 
     ``start_epoch`` > 0 continues a run restored from a checkpoint written after that many epochs.
@@ -217,7 +218,7 @@ def _mean_lr(optimizer: torch.optim.Optimizer) -> float:
     return sum(lrs) / len(lrs)
 
 
-def _train_epoch(recipe: Recipe, loss_fn, updates: int, on_batch: Optional[BatchCallback]):
+def _train_epoch(recipe: Recipe, loss_fn, updates: int, on_batch: BatchCallback | None):
     recipe.model.train()
     total = torch.zeros((), device=recipe.device)
     images = 0

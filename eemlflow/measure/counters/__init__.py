@@ -7,7 +7,7 @@ and the provenance tags are derived from the registry, so adding a counter touch
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from eemlflow.measure.counters import nvml_energy, nvml_power, rapl
 from eemlflow.measure.counters.base import CounterSpec, EnergyCounter, NullCounter

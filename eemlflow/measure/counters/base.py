@@ -8,8 +8,9 @@ hardware: it says why in ``description`` and reads None.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Protocol
 
 
 class EnergyCounter(Protocol):
@@ -18,7 +19,7 @@ class EnergyCounter(Protocol):
     available: bool
     description: str  # what it reads ("... (measured), GPU 0"), or "unavailable: why" / "not read: why"
 
-    def read_kwh(self) -> Optional[float]:
+    def read_kwh(self) -> float | None:
         """Energy since the counter was opened, in kWh; None when unavailable (then ``description`` says why)."""
 
     def close(self) -> None:
@@ -33,7 +34,7 @@ class NullCounter:
     def __init__(self, why: str) -> None:
         self.description = why
 
-    def read_kwh(self) -> Optional[float]:
+    def read_kwh(self) -> float | None:
         return None
 
     def close(self) -> None:

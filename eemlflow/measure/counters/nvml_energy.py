@@ -4,7 +4,7 @@ GPUs: the reference CodeCarbon's GPU energy is checked against."""
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from eemlflow.measure.counters.base import CounterSpec, EnergyCounter, NullCounter
 from eemlflow.measure.nvml import NvmlUnavailable, nvml_reason, open_nvml
@@ -44,7 +44,7 @@ class NvmlEnergyCounter:
     def _total_mj(self) -> int:
         return sum(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self._handles)
 
-    def read_kwh(self) -> Optional[float]:
+    def read_kwh(self) -> float | None:
         if not self.available:
             return None
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from eemlflow.measure.counters.base import CounterSpec, EnergyCounter, NullCounter
 from eemlflow.measure.nvml import NvmlUnavailable, nvml_reason, open_nvml
@@ -60,7 +60,7 @@ class NvmlPowerIntegrator:
             except Exception:  # the device went away: the next reading says so
                 return
 
-    def read_kwh(self) -> Optional[float]:
+    def read_kwh(self) -> float | None:
         if not self.available:
             return None
         try:

@@ -4,8 +4,8 @@ CodeCarbon's CPU energy is checked against."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from eemlflow.measure.counters.base import CounterSpec, EnergyCounter
 from eemlflow.measure.units import UJ_PER_KWH
@@ -68,7 +68,7 @@ class RaplEnergyCounter:
             except (OSError, ValueError):  # the counter went away or read garbage: readings say so
                 return
 
-    def read_kwh(self) -> Optional[float]:
+    def read_kwh(self) -> float | None:
         if not self.available:
             return None
         try:
