@@ -101,6 +101,9 @@ def train_run(
     device = resolve_device(cfg.device)
     gpu_ids = measured_gpu_ids(*device_identity(device))
     data = load_data(cfg.dataset, cfg.data_dir, cfg.download)
+    if cfg.mode == "fast" and cfg.streamed:
+        log.warning("mode=fast on dataset=%s: its images stream from disk through timm's loader (the GPU data path "
+                    "needs them in memory); bf16 autocast still applies", cfg.dataset)
     if cfg.batch_size > len(data.train):
         raise EemlflowError(
             f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images of {data.name}: "

@@ -82,7 +82,7 @@ def read_run(run: Any, experiment_name: str | None, columns: tuple[Column, ...])
         elif col.kind == "metric":
             raw = data.metrics.get(col.key)
         elif col.kind == "param":
-            raw = data.params.get(col.key)
+            raw = data.params.get(col.key, data.params.get(col.older_key) if col.older_key else None)
         else:
             raw = data.tags.get(col.key)
         row[col.name] = coerce(raw, col)

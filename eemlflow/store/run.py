@@ -133,6 +133,10 @@ class TrainingRun:
             schema.PRECISION_PARAM: cfg.precision,
             schema.RESOLVED_DEVICE_PARAM: device,
             schema.TRAIN_IMAGES_PARAM: str(len(data.train)),
+            schema.EVAL_IMAGES_PARAM: str(len(data.eval)),
+            schema.DATASET_NAME_PARAM: data.name,
+            schema.DATASET_SOURCE_PARAM: data.source[:500],
+            **({schema.DATASET_DIGEST_PARAM: data.digest} if data.digest else {}),
         })
         tags = {
             schema.ROW_TAG: "train",
@@ -147,8 +151,7 @@ class TrainingRun:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns that a path "can be interpreted in multiple ways"
             for split, ds in (("training", data.train), ("eval", data.eval)):
-                self._log_input(mlflow.data.from_numpy(ds.images, targets=ds.labels, source=data.source,
-                                                       name=f"{data.name}-{split}"), split)
+                self._log_input(_mlflow_dataset(data, ds, split), split)
 
     def _log_input(self, dataset: Any, context: str) -> None:
         """Record a dataset input; a concurrent writer of the same dataset or a store hiccup never fails the run.
@@ -293,3 +296,15 @@ def _description(cfg: TrainConfig, data: ImageData, device: str, input_size: tup
         f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country}"
         f"{'' if cfg.country_given else ', the default'})."
     )
+
+
+def _mlflow_dataset(data: ImageData, split: Any, context: str) -> Any:
+    """One split as an MLflow dataset: the arrays themselves (MLflow digests them), or for images read from a
+    folder its path with the folder's own digest (its file list), never the images."""
+    name = f"{data.name}-{context}"
+    if data.in_memory:
+        return mlflow.data.from_numpy(split.images, targets=split.labels, source=data.source, name=name)
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    return MetaDataset(resolve_dataset_source(data.source), name=name, digest=f"{data.digest[:8]}-{len(split)}")

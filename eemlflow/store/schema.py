@@ -43,6 +43,7 @@ class Column:
     doc: str = ""
     source: str = "eemlflow"  # "codecarbon" where the value is a field of CodeCarbon's EmissionsData
     mlflow_key: str = ""  # where it differs from the rule in ``key``
+    older_key: str = ""  # where runs logged before ``mlflow_key`` existed keep it (read when the key is absent)
 
     @property
     def key(self) -> str:
@@ -63,7 +64,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("experiment_id", "info", str, doc="MLflow experiment id (ingested rows keep their own)"),
     Column("experiment_name", "info", str, doc="MLflow experiment name"),
     Column("model", "param", str, doc="timm model name"),
-    Column("dataset", "param", str, doc=" / ".join(DATASET_NAMES)),
+    # The launcher owns the raw `dataset` param (`folder` for an image folder): the readable name is `dataset_name`.
+    Column("dataset", "param", str, doc=" / ".join(DATASET_NAMES) + " (folder:<its name>)", mlflow_key="dataset_name",
+           older_key="dataset"),
     Column("epochs", "param", int, doc="number of training epochs"),
     Column("batch_size", "param", int, doc="training batch size"),
     _cc("duration", "metric", float, "s"),
@@ -179,6 +182,10 @@ RESOLVED_DATA_PATH_PARAM = BY_NAME["data_path"].key
 PRECISION_PARAM = BY_NAME["precision"].key
 RESOLVED_DEVICE_PARAM = BY_NAME["device"].key
 TRAIN_IMAGES_PARAM = BY_NAME["train_images"].key
+DATASET_NAME_PARAM = BY_NAME["dataset"].key
+EVAL_IMAGES_PARAM = "eval_images"
+DATASET_DIGEST_PARAM = "dataset_digest"  # a folder's file list (relative paths, sizes): the same data anywhere
+DATASET_SOURCE_PARAM = "dataset_source"  # where the run read it
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -16,6 +17,7 @@ import yaml
 from eemlflow.errors import EemlflowError
 from eemlflow.training import TrainConfig, check_available, check_model_name
 from eemlflow.training.config import BUDGET, EXECUTION, settings_of
+from eemlflow.training.datasets import dataset_spec
 
 # Settings that do not change a cell's result (where data and checkpoints live, how fast, what to resume, and the
 # budgets: a run stopped by one is continued, not restarted, with a larger one).
@@ -28,10 +30,13 @@ class Cell:
 
     config: TrainConfig
 
-    @property
+    @functools.cached_property
     def cell_id(self) -> str:
         settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in EXECUTION_ONLY}
         settings["country_iso_code"] = self.config.country  # the default country is the same cell as naming it
+        digest = dataset_spec(self.config.dataset).content_digest(self.config.data_dir)
+        if digest is not None:  # a folder: its content, wherever it lives (data_dir is not part of the cell)
+            settings["dataset_digest"] = digest
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def command(self) -> list[str]:
@@ -104,11 +109,12 @@ def load_grid(path: str | Path, overrides: dict[str, str] | None = None,
                     continue
                 cfg = TrainConfig.from_strings({**written, **(overrides or {})})
                 check_model_name(cfg.model)
+                cell = Cell(cfg)
+                cell_id = cell.cell_id  # a folder dataset's needs its files here: their list names the cell
             except EemlflowError as e:
                 errors.append(f"grid entry {index} ({label}): {e}")
                 continue
-            cell = Cell(cfg)
-            cells.setdefault(cell.cell_id, cell)
+            cells.setdefault(cell_id, cell)
     if errors:
         raise EemlflowError(f"{path}: {len(errors)} bad cells, nothing was trained:\n  - " + "\n  - ".join(errors))
     if not cells:

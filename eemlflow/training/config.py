@@ -100,6 +100,9 @@ class TrainConfig:
             not (self.mode == "fast" and self.data_path == "cpu"),
             "mode=fast uses the GPU data path: leave data_path empty or set it to gpu",
         )
+        _check(not (self.streamed and self.data_path == "gpu"),
+               f"data_path=gpu keeps the images on the device, but dataset={self.dataset} streams them from disk: "
+               "leave data_path empty (timm's loader)")
         for name in BUDGET_SETTINGS.values():
             value = getattr(self, name)
             _check(value is None or value > 0, f"{name} must be a positive number (or empty: no limit), got {value}")
@@ -114,8 +117,16 @@ class TrainConfig:
         return self.lr if self.lr is not None else BASE_LR_PER_256 * self.batch_size / 256
 
     @property
+    def streamed(self) -> bool:
+        """Whether the dataset is read from disk batch by batch (a folder) rather than held in memory."""
+        return dataset_spec(self.dataset).streamed
+
+    @property
     def resolved_data_path(self) -> str:
-        """``cpu`` (timm's loader) for the faithful mode, ``gpu`` (augmentation on the device) for fast."""
+        """``cpu`` (timm's loader) for the faithful mode, ``gpu`` (augmentation on the device) for fast; always
+        ``cpu`` for a streamed dataset, whose images are never all in memory (fast mode keeps its bf16 there)."""
+        if self.streamed:
+            return "cpu"
         return self.data_path or ("gpu" if self.mode == "fast" else "cpu")
 
     @property

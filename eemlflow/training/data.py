@@ -59,6 +59,12 @@ class ImageData:
     num_classes: int
     source: str
     synthetic: bool = False
+    digest: str = ""  # the content's digest where the data was found at a path (a folder), else empty
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the images are arrays in memory (the GPU data path and MLflow's numpy dataset need them)."""
+        return hasattr(self.train, "images")
 
 
 def load_cifar(spec: DatasetSpec, data_dir: Path, download: bool) -> ImageData:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eemlflow.errors import EemlflowError
 
@@ -48,13 +48,20 @@ class DatasetSpec:
     files: tuple[str, ...] = ()
     fetch: str = ""
     cifar: CifarLayout | None = None
+    checker: str = ""  # "module:function" (spec, data_dir, download) that checks what ``files`` cannot say
+    identity: str = ""  # "module:function" (spec, data_dir) -> the content's digest, for data found at a path
+    streamed: bool = False  # read from disk batch by batch (the GPU data path needs the images in memory)
 
     def missing(self, data_dir: str | Path) -> list[str]:
         """The needed files that are not under ``data_dir``."""
         return [f for f in self.files if not (Path(data_dir) / f).is_file()]
 
     def check(self, data_dir: str | Path, download: bool = False) -> None:
-        """``EemlflowError`` naming the missing files, and how to get them (cheap: nothing is read)."""
+        """``EemlflowError`` naming the missing files, and how to get them, or what is wrong with the data's layout
+        (cheap: no image is read)."""
+        if self.checker:
+            _call(self.checker, self, Path(data_dir), download)
+            return
         missing = [] if download else self.missing(data_dir)
         if missing:
             folder = Path(data_dir) / Path(missing[0]).parent
@@ -63,8 +70,17 @@ class DatasetSpec:
             raise EemlflowError(f"{self.title} files missing in {folder}: {names}. {fetch}")
 
     def load(self, data_dir: str | Path = "data", download: bool = False) -> ImageData:
-        module, function = self.loader.split(":")
-        return getattr(importlib.import_module(module), function)(self, Path(data_dir), download)
+        return _call(self.loader, self, Path(data_dir), download)
+
+    def content_digest(self, data_dir: str | Path) -> str | None:
+        """What identifies the data a run trains on beyond its name (a folder's file list), None for a dataset
+        that its name identifies."""
+        return _call(self.identity, self, Path(data_dir)) if self.identity else None
+
+
+def _call(target: str, *args: object) -> Any:
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)(*args)
 
 
 def _cifar(name: str, title: str, classes: int, layout: CifarLayout) -> DatasetSpec:
@@ -84,6 +100,10 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                 "scikit-learn's 1,797 8x8 digits, split 80/20 (no download)"),
     DatasetSpec("synthetic", "synthetic", 10, 10_000, "eemlflow.training.data:make_synthetic",
                 "random 32x32 noise, for throughput only"),
+    DatasetSpec("folder", "image folder", 0, None, "eemlflow.training.folder:load_folder",
+                "your own images: data_dir/train/<class>/*.png|jpg|jpeg and data_dir/val/<class>/..., streamed from "
+                "disk (classes from the folder)", checker="eemlflow.training.folder:check_folder",
+                identity="eemlflow.training.folder:folder_identity", streamed=True),
 )}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 

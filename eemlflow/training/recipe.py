@@ -159,7 +159,15 @@ def _timm_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: tor
 
 
 def _device_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: torch.device, channels_last: bool):
-    """The same transforms done batch-wise on the device (``eemlflow.training.device_data``)."""
+    """The same transforms done batch-wise on the device (``eemlflow.training.device_data``), the images held there:
+    refused in one line when they would take more than half of the device's free memory (the model needs the rest)."""
+    needed = data.train.images.nbytes + data.eval.images.nbytes
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        if needed > free / 2:
+            raise EemlflowError(f"data_path=gpu would keep {needed / 2**30:.2f} GiB of images on {device}, which has "
+                                f"{free / 2**30:.2f} GiB of {total / 2**30:.2f} GiB free (at most half is used for "
+                                "them): use data_path=cpu (timm's loader)")
     common = dict(
         batch_size=cfg.batch_size, input_size=tuple(data_cfg["input_size"]), mean=data_cfg["mean"],
         std=data_cfg["std"], crop_pct=data_cfg["crop_pct"], device=device, seed=cfg.seed,
