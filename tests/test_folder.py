@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-from image_folders import write_digit_folder
+from image_folders import write_digit_folder, write_mnist
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -163,3 +163,24 @@ def test_a_sweep_grid_names_a_folder_dataset_like_any_other(store, tmp_path):
     missing.write_text(grid.read_text().replace(str(root), str(tmp_path / "gone")))
     refused = run_cli(["eemlflow.sweep", str(missing), "--no-report"], tracking_uri=store, cwd=tmp_path)
     assert refused.returncode == 2 and "folder dataset" in refused.stderr and "does not exist" in refused.stderr
+
+
+def test_timms_torch_names_load_torchvisions_files_offline_and_say_in_one_line_when_they_are_missing(
+        store, tmp_path, run_main):
+    from eemlflow.train import main as train_main
+
+    data = write_mnist(tmp_path / "data", per_split=200)
+    result = run_main(train_main, ["--dataset", "torch/mnist", "--data-dir", str(data), "--epochs", "1",
+                                   "--batch-size", "32", *TINY], tracking_uri=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = all_runs(store)
+    assert run.info.status == "FINISHED" and run.data.params["dataset_name"] == "torch/mnist"
+    assert (run.data.params["train_images"], run.data.params["num_classes"]) == ("200", "10")  # 1-channel, fed as RGB
+    for args, message in ((["--dataset", "torch/mnist", "--data-dir", str(tmp_path / "empty")],
+                           "torch/mnist: not in"),
+                          (["--dataset", "torch/nosuch"], "unknown dataset 'torch/nosuch'")):
+        refused = run_main(train_main, [*args, "--epochs", "1", *TINY], tracking_uri=store)
+        errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("eemlflow: error:")]
+        assert refused.returncode == 2 and len(errors) == 1 and message in errors[0], refused.stderr
+    assert "download=true" in errors[0] or "torch/mnist" in errors[0]
+    assert len(all_runs(store)) == 1

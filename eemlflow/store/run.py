@@ -307,4 +307,5 @@ def _mlflow_dataset(data: ImageData, split: Any, context: str) -> Any:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    return MetaDataset(resolve_dataset_source(data.source), name=name, digest=f"{data.digest[:8]}-{len(split)}")
+    digest = f"{data.digest[:8]}-{len(split)}" if data.digest else None  # None: MLflow's, from name and source
+    return MetaDataset(resolve_dataset_source(data.source), name=name, digest=digest)

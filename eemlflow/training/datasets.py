@@ -108,10 +108,20 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 
+# timm's names for torchvision's datasets: ``torch/<name>`` (``torch/mnist``), loaded by timm's factory.
+TORCHVISION_PREFIX = "torch/"
+
+
 def dataset_spec(name: str) -> DatasetSpec:
-    """The registry's entry for ``name``; an ``EemlflowError`` listing the known ones otherwise."""
+    """The registry's entry for ``name`` (or for timm's ``torch/<name>``); an ``EemlflowError`` listing the known
+    ones otherwise."""
+    if name.startswith(TORCHVISION_PREFIX) and len(name) > len(TORCHVISION_PREFIX):
+        return DatasetSpec(name, name, 0, None, "eemlflow.training.torchvision_data:load_torchvision",
+                           "torchvision's dataset through timm's factory", checker=(
+                               "eemlflow.training.torchvision_data:check_torchvision"), streamed=True)
     if name not in REGISTRY:
-        raise EemlflowError(f"unknown dataset {name!r}: choose one of {', '.join(NAMES)}")
+        raise EemlflowError(f"unknown dataset {name!r}: choose one of {', '.join(NAMES)}, or timm's "
+                            f"{TORCHVISION_PREFIX}<name> (torchvision's, e.g. torch/mnist)")
     return REGISTRY[name]
 
 
