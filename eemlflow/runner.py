@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Protocol
 
 from eemlflow.errors import EemlflowError
@@ -33,10 +34,12 @@ from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun
 from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
 from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint, unwrapped
 from eemlflow.training.config import TrainConfig
+from eemlflow.training.data import ImageData
 from eemlflow.training.datasets import load_data
 from eemlflow.training.models import check_model_name
 from eemlflow.training.recipe import (
     EpochResult,
+    Recipe,
     build_recipe,
     device_identity,
     resolve_device,
@@ -100,15 +103,7 @@ def train_run(
     check_model_name(cfg.model)
     device = resolve_device(cfg.device)
     gpu_ids = measured_gpu_ids(*device_identity(device))
-    data = load_data(cfg.dataset, cfg.data_dir, cfg.download)
-    if cfg.mode == "fast" and cfg.streamed:
-        log.warning("mode=fast on dataset=%s: its images stream from disk through timm's loader (the GPU data path "
-                    "needs them in memory); bf16 autocast still applies", cfg.dataset)
-    if cfg.batch_size > len(data.train):
-        raise EemlflowError(
-            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images of {data.name}: "
-            "the recipe drops the last partial batch, so nothing would train; use a smaller batch_size"
-        )
+    data = _load_data(cfg)
     client = connect(tracking_uri)
     point = prepare_resume(client, cfg, device.type) if cfg.resume else None
 
@@ -136,44 +131,10 @@ def train_run(
                 measure_power_secs=cfg.measure_power_secs, gpu_ids=gpu_ids, synchronize=synchronizer(device),
             )
             monitor.start()
-            projector = Projector(cfg.epochs, progress.epochs_done, progress.spent_before)
             heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()
             if reporter:
                 reporter.begin(cfg, run.run_id, len(recipe.train_loader), run.url)
-            def on_batch(i: int, n: int, loss: float | None) -> None:
-                if reporter:
-                    reporter.batch(i, n, loss, progress.whole_run(monitor.live()))
-            budgets = Budgets(cfg.energy_budget_kwh, cfg.emissions_budget_kg, cfg.time_budget_s)
-            monitor.begin_window("epoch")
-            _check_budgets(budgets, progress.whole_run(monitor.so_far()), projector, progress.epochs_done)
-            saved_at = progress.epochs_done
-            def save() -> None:
-                save_checkpoint(ckpt, recipe, cfg, progress.epochs_done,
-                                {"segments": progress.earlier + [monitor.record_so_far() or {}],
-                                 "written_at": time.time()})
-            for result in run_epochs(recipe, on_batch, start_epoch=progress.epochs_done):
-                energy = monitor.end_window("epoch")
-                total = progress.whole_run(monitor.so_far())
-                projection = projector.add(energy, total) if energy is not None and total is not None else None
-                run.log_epoch(result, energy, total, projection)
-                outcome.epochs.append(result)
-                progress.epochs_done = result.epoch + 1
-                if projection is not None:
-                    outcome.projections[progress.epochs_done] = projection.energy_kwh
-                if cfg.checkpoint_every and progress.epochs_done % cfg.checkpoint_every == 0:
-                    save()
-                    saved_at = progress.epochs_done
-                heartbeat.poke()
-                if reporter:
-                    reporter.epoch(result, total, projection)
-                if progress.epochs_done < cfg.epochs:
-                    try:
-                        _check_budgets(budgets, total, projector, progress.epochs_done)
-                    except BudgetReached:
-                        if cfg.checkpoint_every and saved_at != progress.epochs_done:
-                            save()  # the stop is clean: keep every epoch trained for the resume
-                        raise
-                monitor.begin_window("epoch")
+            _train_epochs(cfg, recipe, run, monitor, progress, outcome, ckpt, heartbeat, reporter)
         outcome.status = FINISHED
     except BudgetReached as e:
         outcome.status, outcome.stopped, outcome.budget = KILLED, str(e), e.budget
@@ -194,6 +155,63 @@ def train_run(
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
     return outcome
+
+
+def _load_data(cfg: TrainConfig) -> ImageData:
+    """The run's dataset, checked before any run opens: a batch larger than the training set trains nothing."""
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.download)
+    if cfg.mode == "fast" and cfg.streamed:
+        log.warning("mode=fast on dataset=%s: its images stream from disk through timm's loader (the GPU data path "
+                    "needs them in memory); bf16 autocast still applies", cfg.dataset)
+    if cfg.batch_size > len(data.train):
+        raise EemlflowError(
+            f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images of {data.name}: "
+            "the recipe drops the last partial batch, so nothing would train; use a smaller batch_size"
+        )
+    return data
+
+
+def _train_epochs(cfg: TrainConfig, recipe: Recipe, run: TrainingRun, monitor: EnergyMonitor, progress: _Progress,
+                  outcome: RunOutcome, ckpt: Path, heartbeat: HeartbeatThread, reporter: Reporter | None) -> None:
+    """The epochs left, each in its own energy window: logged with its projection, checkpointed every
+    ``checkpoint_every``, the budgets checked before the next (``BudgetReached`` stops cleanly, every epoch kept)."""
+    projector = Projector(cfg.epochs, progress.epochs_done, progress.spent_before)
+    budgets = Budgets(cfg.energy_budget_kwh, cfg.emissions_budget_kg, cfg.time_budget_s)
+
+    def on_batch(i: int, n: int, loss: float | None) -> None:
+        if reporter:
+            reporter.batch(i, n, loss, progress.whole_run(monitor.live()))
+
+    def save() -> None:
+        save_checkpoint(ckpt, recipe, cfg, progress.epochs_done,
+                        {"segments": progress.earlier + [monitor.record_so_far() or {}], "written_at": time.time()})
+
+    monitor.begin_window("epoch")
+    _check_budgets(budgets, progress.whole_run(monitor.so_far()), projector, progress.epochs_done)
+    saved_at = progress.epochs_done
+    for result in run_epochs(recipe, on_batch, start_epoch=progress.epochs_done):
+        energy = monitor.end_window("epoch")
+        total = progress.whole_run(monitor.so_far())
+        projection = projector.add(energy, total) if energy is not None and total is not None else None
+        run.log_epoch(result, energy, total, projection)
+        outcome.epochs.append(result)
+        progress.epochs_done = result.epoch + 1
+        if projection is not None:
+            outcome.projections[progress.epochs_done] = projection.energy_kwh
+        if cfg.checkpoint_every and progress.epochs_done % cfg.checkpoint_every == 0:
+            save()
+            saved_at = progress.epochs_done
+        heartbeat.poke()
+        if reporter:
+            reporter.epoch(result, total, projection)
+        if progress.epochs_done < cfg.epochs:
+            try:
+                _check_budgets(budgets, total, projector, progress.epochs_done)
+            except BudgetReached:
+                if cfg.checkpoint_every and saved_at != progress.epochs_done:
+                    save()  # the stop is clean: keep every epoch trained for the resume
+                raise
+        monitor.begin_window("epoch")
 
 
 def _check_budgets(budgets: Budgets, spent: EnergyReading | None, projector: Projector, epochs_done: int) -> None:

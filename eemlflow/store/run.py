@@ -26,6 +26,7 @@ from eemlflow.measure.projection import Projection, projection_error_pct
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.store import StoreWriter, convert, experiment_id_for, schema
 from eemlflow.store.connect import describe_store_error, no_http_retries
+from eemlflow.store.data_record import dataset_params, mlflow_dataset
 from eemlflow.store.system_metrics import start_system_metrics
 from eemlflow.store.urls import EXPERIMENT_KIND_TAG, TRAINING_KIND, run_url, ui_hint
 from eemlflow.store.writer import now_ms, spool_path_for, with_retries
@@ -132,11 +133,7 @@ class TrainingRun:
             schema.RESOLVED_DATA_PATH_PARAM: cfg.resolved_data_path,
             schema.PRECISION_PARAM: cfg.precision,
             schema.RESOLVED_DEVICE_PARAM: device,
-            schema.TRAIN_IMAGES_PARAM: str(len(data.train)),
-            schema.EVAL_IMAGES_PARAM: str(len(data.eval)),
-            schema.DATASET_NAME_PARAM: data.name,
-            schema.DATASET_SOURCE_PARAM: data.source[:500],
-            **({schema.DATASET_DIGEST_PARAM: data.digest} if data.digest else {}),
+            **dataset_params(data),
         })
         tags = {
             schema.ROW_TAG: "train",
@@ -151,7 +148,7 @@ class TrainingRun:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns that a path "can be interpreted in multiple ways"
             for split, ds in (("training", data.train), ("eval", data.eval)):
-                self._log_input(_mlflow_dataset(data, ds, split), split)
+                self._log_input(mlflow_dataset(data, ds, split), split)
 
     def _log_input(self, dataset: Any, context: str) -> None:
         """Record a dataset input; a concurrent writer of the same dataset or a store hiccup never fails the run.
@@ -297,15 +294,3 @@ def _description(cfg: TrainConfig, data: ImageData, device: str, input_size: tup
         f"{'' if cfg.country_given else ', the default'})."
     )
 
-
-def _mlflow_dataset(data: ImageData, split: Any, context: str) -> Any:
-    """One split as an MLflow dataset: the arrays themselves (MLflow digests them), or for images read from a
-    folder its path with the folder's own digest (its file list), never the images."""
-    name = f"{data.name}-{context}"
-    if data.in_memory:
-        return mlflow.data.from_numpy(split.images, targets=split.labels, source=data.source, name=name)
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    digest = f"{data.digest[:8]}-{len(split)}" if data.digest else None  # None: MLflow's, from name and source
-    return MetaDataset(resolve_dataset_source(data.source), name=name, digest=digest)

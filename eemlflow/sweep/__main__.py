@@ -39,6 +39,7 @@ from eemlflow.sweep.executors import ExecutorOptions, create_executor, executor_
 from eemlflow.sweep.forecast import grid_total
 from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
 from eemlflow.sweep.scheduler import Sweep
+from eemlflow.sweep.tally import Tally
 from eemlflow.training.config import TRUE_WORDS
 
 REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
@@ -153,6 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_parent(client, grid, experiment_id, parent_id, status)
     if args.no_report.lower() not in TRUE_WORDS:
         log_report(client, grid, experiment_id, parent_id, console)
+    console.print(summary(grid, tally, budget), highlight=False, soft_wrap=True)
+    uri = mlflow.get_tracking_uri()
+    console.print(f"see it: {run_url(uri, experiment_id, parent_id)} (its cells nested under it){ui_hint(uri)}",
+                  highlight=False, soft_wrap=True)
+    return EXIT_FAILED if tally.failed or tally.stopped or tally.over_budget else 0
+
+
+def summary(grid: Grid, tally: Tally, budget: float | None) -> str:
+    """The sweep's last line: cells trained, skipped, retried, failed, the energy this time and what else happened."""
     extra = (f"; {tally.resumed} resumed from a checkpoint" if tally.resumed else "") + (
         f"; {tally.left_running} left to the process training them" if tally.left_running else "") + (
         f"; {len(tally.stopped)} stopped by their own budget: {', '.join(tally.stopped)}" if tally.stopped else "") + (
@@ -160,13 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tally.over_budget else "") + (
         f"; forecast {tally.forecast_kwh * WH_PER_KWH:.3f} Wh for the cells trained, "
         f"{(tally.forecast_kwh / tally.forecast_measured_kwh - 1) * 100:+.0f} %" if tally.forecast_measured_kwh else "")
-    console.print(f"sweep {grid.name}: {tally.done} trained, {tally.skipped} already done, {tally.retried} retries, "
-                  f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
-                  f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time{extra}", highlight=False, soft_wrap=True)
-    uri = mlflow.get_tracking_uri()
-    console.print(f"see it: {run_url(uri, experiment_id, parent_id)} (its cells nested under it){ui_hint(uri)}",
-                  highlight=False, soft_wrap=True)
-    return EXIT_FAILED if tally.failed or tally.stopped or tally.over_budget else 0
+    return (f"sweep {grid.name}: {tally.done} trained, {tally.skipped} already done, {tally.retried} retries, "
+            f"{len(tally.failed)} failed{': ' + ', '.join(tally.failed) if tally.failed else ''}; "
+            f"{tally.energy_kwh * WH_PER_KWH:.3f} Wh this time{extra}")
 
 
 def log_report(client: MlflowClient, grid: Grid, experiment_id: str, parent_id: str, console: Console) -> None:

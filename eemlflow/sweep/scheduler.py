@@ -15,12 +15,9 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric, RunTag
-
-if TYPE_CHECKING:  # for type hints only
-    from mlflow.tracking import MlflowClient
+from mlflow.tracking import MlflowClient
 
 from eemlflow.measure.projection import projection_error_pct
 from eemlflow.measure.units import WH_PER_KWH
@@ -43,7 +40,7 @@ from eemlflow.sweep.executors import Executor, Job
 from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
 from eemlflow.sweep.local_executor import LocalExecutor
-from eemlflow.sweep.tally import SweepReporter, SweepView, Tally
+from eemlflow.sweep.tally import QuietReporter, SweepReporter, SweepView, Tally
 
 log = logging.getLogger(__name__)
 
@@ -82,31 +79,14 @@ class Sweep:
         self.spent_before_kwh = 0.0  # energy of the grid's cells finished by earlier invocations
         self.executor = executor or LocalExecutor(gpus)
         self.slots = [Slot(gpu) for gpu in self.executor.slots]
-        self.reporter = reporter or _Quiet()
+        self.reporter = reporter or QuietReporter()
         self.logs = Path(tempfile.mkdtemp(prefix="eemlflow-sweep-"))
 
     def run(self) -> Tally:
-        states = cell_states(self.client, self.experiment_id)
+        """Train the grid's pending cells (retrying failed ones), wait for those a live process trains elsewhere;
+        what happened, counted."""
         tally = Tally(total=len(self.grid.cells))
-        pending: deque = deque()
-        watched: dict[str, tuple[Cell, str]] = {}  # cells that a live process trains elsewhere: run id
-        for cell in self.grid.cells:
-            state = states.get(cell.cell_id)
-            if state is not None and state.state == "done":
-                tally.skipped += 1
-                self.spent_before_kwh += state.energy_kwh
-            elif state is not None and state.state == "running":
-                if self.skip_running:
-                    tally.left_running += 1
-                else:
-                    watched[cell.cell_id] = (cell, state.run_id)
-                    self.reporter.note(f"{cell.config.run_name}: run {state.run_id} is being trained by a live "
-                                       "process; waiting for it (--skip-running leaves it)")
-            else:
-                if state is not None and state.state == "failed" and \
-                        self.client.get_run(state.run_id).info.status == RUNNING:  # stale, nothing to resume
-                    self._end(state.run_id, FAILED, "stale: its process is gone and left no checkpoint here")
-                pending.append((cell, state.run_id if state is not None and state.state == "resumable" else None))
+        pending, watched = self._sort_cells(tally)
         self.reporter.note(f"sweep {self.grid.name}: {len(pending) + len(watched)} cells to train, {len(self.slots)} "
                            f"at a time ({self.executor.describe()})")
         attempts: Counter = Counter()
@@ -147,6 +127,32 @@ class Sweep:
                 self.store.log_batch(self.parent_id, metrics=[
                     Metric(FORECAST.grid_error_pct, error, now_ms(), 0)])
         return tally
+
+    def _sort_cells(self, tally: Tally) -> tuple[deque, dict[str, tuple[Cell, str]]]:
+        """The grid's cells by their state in the store: done ones counted, those a live process trains elsewhere
+        watched (run id), the rest pending (with the run to resume, if any); a stale run with no checkpoint is
+        ended FAILED and trained anew."""
+        states = cell_states(self.client, self.experiment_id)
+        pending: deque = deque()
+        watched: dict[str, tuple[Cell, str]] = {}
+        for cell in self.grid.cells:
+            state = states.get(cell.cell_id)
+            if state is not None and state.state == "done":
+                tally.skipped += 1
+                self.spent_before_kwh += state.energy_kwh
+            elif state is not None and state.state == "running":
+                if self.skip_running:
+                    tally.left_running += 1
+                else:
+                    watched[cell.cell_id] = (cell, state.run_id)
+                    self.reporter.note(f"{cell.config.run_name}: run {state.run_id} is being trained by a live "
+                                       "process; waiting for it (--skip-running leaves it)")
+            else:
+                if state is not None and state.state == "failed" and \
+                        self.client.get_run(state.run_id).info.status == RUNNING:  # stale, nothing to resume
+                    self._end(state.run_id, FAILED, "stale: its process is gone and left no checkpoint here")
+                pending.append((cell, state.run_id if state is not None and state.state == "resumable" else None))
+        return pending, watched
 
     def _forecast_kwh(self, cell: Cell) -> float:
         """The cell's forecast energy in kWh, as calibrated (0 without a forecast)."""
@@ -290,18 +296,3 @@ class Sweep:
         return SweepView(self.grid.name, tally, len(pending), sum(1 for s in self.slots if s.process is not None),
                          len(self.slots), left)
 
-
-class _Quiet:
-    """A sweep nobody watches: events go to the log."""
-
-    def note(self, line: str) -> None:
-        log.info("%s", line)
-
-    def begin(self, view: SweepView) -> None:
-        return None
-
-    def update(self, view: SweepView) -> None:
-        return None
-
-    def end(self) -> None:
-        return None

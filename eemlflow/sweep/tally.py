@@ -3,9 +3,12 @@ whoever watches it (``SweepReporter``: the command line's rich table is ``eemlfl
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,3 +72,19 @@ class SweepReporter(Protocol):
 
     def end(self) -> None:
         """The sweep stopped (finished, interrupted or failed)."""
+
+
+class QuietReporter:
+    """A sweep nobody watches: events go to the log."""
+
+    def note(self, line: str) -> None:
+        log.info("%s", line)
+
+    def begin(self, view: SweepView) -> None:
+        return None
+
+    def update(self, view: SweepView) -> None:
+        return None
+
+    def end(self) -> None:
+        return None

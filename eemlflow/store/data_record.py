@@ -1,0 +1,35 @@
+"""What a run records of the data it trained on: its name, where it was read, its image counts and, for data found
+at a path (a folder), the digest of its content, as params; and each split as an MLflow dataset input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+
+from eemlflow.store import schema
+from eemlflow.training.data import ImageData
+
+
+def dataset_params(data: ImageData) -> dict[str, str]:
+    """The dataset's params: ``dataset_name`` (the CSV's ``dataset``), source, image counts, content digest."""
+    return {
+        schema.TRAIN_IMAGES_PARAM: str(len(data.train)),
+        schema.EVAL_IMAGES_PARAM: str(len(data.eval)),
+        schema.DATASET_NAME_PARAM: data.name,
+        schema.DATASET_SOURCE_PARAM: data.source[:500],
+        **({schema.DATASET_DIGEST_PARAM: data.digest} if data.digest else {}),
+    }
+
+
+def mlflow_dataset(data: ImageData, split: Any, context: str) -> Any:
+    """One split as an MLflow dataset: the arrays themselves (MLflow digests them), or for images read from a
+    folder its path with the folder's own digest (its file list), never the images."""
+    name = f"{data.name}-{context}"
+    if data.in_memory:
+        return mlflow.data.from_numpy(split.images, targets=split.labels, source=data.source, name=name)
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = f"{data.digest[:8]}-{len(split)}" if data.digest else None  # None: MLflow's, from name and source
+    return MetaDataset(resolve_dataset_source(data.source), name=name, digest=digest)
