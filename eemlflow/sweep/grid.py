@@ -9,7 +9,7 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -29,12 +29,15 @@ class Cell:
     """One training run of the grid."""
 
     config: TrainConfig
+    # The content digest of the cell's data where the grid already read it (cells sharing a folder share one
+    # reading); otherwise ``cell_id`` reads it.
+    data_digest: str | None = field(default=None, compare=False, repr=False)
 
     @functools.cached_property
     def cell_id(self) -> str:
         settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in EXECUTION_ONLY}
         settings["country_iso_code"] = self.config.country  # the default country is the same cell as naming it
-        digest = dataset_spec(self.config.dataset).content_digest(self.config.data_dir)
+        digest = self.data_digest or dataset_spec(self.config.dataset).content_digest(self.config.data_dir)
         if digest is not None:  # a folder: its content, wherever it lives (data_dir is not part of the cell)
             settings["dataset_digest"] = digest
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -94,6 +97,7 @@ def load_grid(path: str | Path, overrides: dict[str, str] | None = None,
     except EemlflowError as e:
         raise EemlflowError(f"--only: {e}") from None
     cells: dict[str, Cell] = {}
+    digests: dict[tuple[str, str], str | None] = {}  # (dataset, data_dir) -> its content digest, read once
     errors: list[str] = []
     for index, entry in enumerate(spec["grid"], start=1):
         if not isinstance(entry, dict):
@@ -109,8 +113,11 @@ def load_grid(path: str | Path, overrides: dict[str, str] | None = None,
                     continue
                 cfg = TrainConfig.from_strings({**written, **(overrides or {})})
                 check_model_name(cfg.model)
-                cell = Cell(cfg)
-                cell_id = cell.cell_id  # a folder dataset's needs its files here: their list names the cell
+                data = (cfg.dataset, cfg.data_dir)
+                if data not in digests:  # a folder's needs its files here: their list names the cell
+                    digests[data] = dataset_spec(cfg.dataset).content_digest(cfg.data_dir)
+                cell = Cell(cfg, digests[data])
+                cell_id = cell.cell_id
             except EemlflowError as e:
                 errors.append(f"grid entry {index} ({label}): {e}")
                 continue

@@ -84,11 +84,11 @@ def _split(root: Path, names: tuple[str, ...], what: str) -> Path:
     raise EemlflowError(f"{root} has no {' or '.join(n + '/' for n in names[:2])} folder ({what}): {LAYOUT}")
 
 
-def _samples(folder: Path, class_map: dict | None = None) -> tuple[list[tuple[str, int]], dict[str, int]]:
+def _samples(folder: Path) -> tuple[list[tuple[str, int]], dict[str, int]]:
     from timm.data import create_dataset
 
     try:
-        found = create_dataset("", root=str(folder), split="train", search_split=False, class_map=class_map or "")
+        found = create_dataset("", root=str(folder), split="train", search_split=False)
     except RuntimeError as e:  # timm: "Found 0 images in subfolders of ..."
         raise EemlflowError(f"{folder} has no images ({str(e).splitlines()[0]}): {LAYOUT}") from None
     return list(found.reader.samples), dict(found.reader.class_to_idx)
@@ -104,12 +104,13 @@ def list_folder(root: str) -> FolderListing:
     train, classes = _samples(train_dir)
     if "" in classes:
         raise EemlflowError(f"{train_dir} has images outside a class folder: {LAYOUT}")
-    _, eval_classes = _samples(eval_dir)
+    found, eval_classes = _samples(eval_dir)
     extra = sorted(set(eval_classes) - set(classes))
     if extra:
         raise EemlflowError(f"{eval_dir} has classes that {train_dir.name}/ lacks: {', '.join(extra[:10])}"
                             f"{' ...' if len(extra) > 10 else ''}: every evaluation class must be trained on")
-    evaluation, _ = _samples(eval_dir, classes)
+    names = {index: name for name, index in eval_classes.items()}
+    evaluation = [(image, classes[names[index]]) for image, index in found]  # the training split's class indices
     return FolderListing(path, train, evaluation, classes, _digest(path, train + evaluation))
 
 
