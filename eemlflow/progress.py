@@ -5,6 +5,7 @@ elsewhere. ``RichReporter`` shows a training (``runner.Reporter``), ``RichSweepR
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
@@ -16,7 +17,9 @@ from eemlflow.measure.readings import EnergyReading
 from eemlflow.measure.units import G_PER_KG, WH_PER_KWH
 from eemlflow.sweep.tally import SweepView
 from eemlflow.training.config import TrainConfig
-from eemlflow.training.recipe import EpochResult
+
+if TYPE_CHECKING:  # a type only: the display needs no torch
+    from eemlflow.training.recipe import EpochResult
 
 
 def format_projection(projection: Projection | None) -> str:

@@ -12,17 +12,18 @@ from conftest import REPO
 PACKAGE = REPO / "eemlflow"
 CLI_MODULES = {"eemlflow.command", "eemlflow.train", "eemlflow.export", "eemlflow.ingest", "eemlflow.runs",
                "eemlflow.sweep.__main__", "eemlflow.cli", "eemlflow.progress", "eemlflow.report.__main__"}
-FLOORS = {"errors", "atomic", "training", "measure", "store", "report", "sweep", "runner", "resume"}
+FLOORS = {"errors", "atomic", "lazy", "training", "measure", "store", "report", "sweep", "runner", "resume"}
 ALLOWED = {  # a floor (subpackage or top-level library module) -> the floors it may import
     "errors": set(),
     "atomic": set(),
-    "training": {"errors", "atomic", "training"},
-    "measure": {"errors", "atomic", "measure"},
-    "store": {"errors", "atomic", "training", "measure", "store"},
-    "report": {"errors", "atomic", "measure", "store", "report"},
-    "sweep": {"errors", "atomic", "training", "measure", "store", "report", "sweep"},
-    "resume": {"errors", "atomic", "training", "store"},
-    "runner": {"errors", "atomic", "training", "measure", "store", "resume"},
+    "lazy": set(),
+    "training": {"errors", "atomic", "lazy", "training"},
+    "measure": {"errors", "atomic", "lazy", "measure"},
+    "store": {"errors", "atomic", "lazy", "training", "measure", "store"},
+    "report": {"errors", "atomic", "lazy", "measure", "store", "report"},
+    "sweep": {"errors", "atomic", "lazy", "training", "measure", "store", "report", "sweep"},
+    "resume": {"errors", "atomic", "lazy", "training", "store"},
+    "runner": {"errors", "atomic", "lazy", "training", "measure", "store", "resume"},
 }
 UI_PACKAGES = {"rich", "argparse"}  # terminal output and command lines: the command-line modules' business
 
@@ -103,3 +104,18 @@ def test_no_library_module_imports_a_command_line_module():
 def test_every_subpackage_says_what_it_owns_and_may_import(subpackage):
     doc = importlib.import_module(f"eemlflow.{subpackage}").__doc__ or ""
     assert "Owns" in doc and "import" in doc, doc
+
+
+def test_the_commands_that_never_train_do_not_import_torch_timm_or_codecarbon():
+    """`eemlflow export`, `ingest`, `runs` and `report` start in a couple of seconds: importing torch and timm (and
+    torchvision's torch._dynamo through them) costs ~10 s on a 2-core machine, for nothing they do."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    probe = ("import sys, eemlflow.export, eemlflow.ingest, eemlflow.runs, eemlflow.report.__main__; "
+             "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'codecarbon') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", result.stdout

@@ -9,11 +9,17 @@ its concurrent trainings (``host_share``), unit factors (``units``), a run's pro
 ``eemlflow.atomic``, CodeCarbon and NVML; nothing of training, MLflow or the CLIs.
 """
 
-from eemlflow.measure.energy import EnergyMonitor
-from eemlflow.measure.gpu_ids import measured_gpu_ids, nvml_indices
-from eemlflow.measure.readings import EnergyReading, EnergyResult, Provenance
-from eemlflow.measure.suspicion import suspicions
-from eemlflow.measure.units import J_PER_KWH
+from eemlflow.lazy import lazy_exports
 
-__all__ = ["EnergyMonitor", "EnergyReading", "EnergyResult", "J_PER_KWH", "Provenance", "measured_gpu_ids",
-           "nvml_indices", "suspicions"]
+_EXPORTS = {
+    "EnergyMonitor": "eemlflow.measure.energy",
+    "measured_gpu_ids": "eemlflow.measure.gpu_ids",
+    "nvml_indices": "eemlflow.measure.gpu_ids",
+    "EnergyReading": "eemlflow.measure.readings",
+    "EnergyResult": "eemlflow.measure.readings",
+    "Provenance": "eemlflow.measure.readings",
+    "suspicions": "eemlflow.measure.suspicion",
+    "J_PER_KWH": "eemlflow.measure.units",
+}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+__all__ = sorted(_EXPORTS)

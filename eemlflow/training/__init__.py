@@ -6,23 +6,25 @@ done batch-wise on the device (``device_data``). The bottom floor: it may import
 and numpy — nothing of energy measurement, MLflow or the command lines, so that it can be reused and tested alone.
 """
 
-from eemlflow.training.config import TrainConfig
-from eemlflow.training.data import ImageData
-from eemlflow.training.datasets import check_available, load_data
-from eemlflow.training.models import check_model_name, create_model
-from eemlflow.training.recipe import (
-                                      EpochResult,
-                                      Recipe,
-                                      build_recipe,
-                                      device_identity,
-                                      eval_step,
-                                      resolve_device,
-                                      run_epochs,
-                                      synchronizer,
-                                      train_loss_fn,
-                                      train_step,
-)
+from eemlflow.lazy import lazy_exports
 
-__all__ = ["EpochResult", "ImageData", "Recipe", "TrainConfig", "build_recipe", "check_available", "check_model_name",
-           "create_model", "device_identity", "eval_step", "load_data", "resolve_device", "run_epochs", "synchronizer",
-           "train_loss_fn", "train_step"]
+_EXPORTS = {
+    "TrainConfig": "eemlflow.training.config",
+    "ImageData": "eemlflow.training.data",
+    "check_available": "eemlflow.training.datasets",
+    "load_data": "eemlflow.training.datasets",
+    "check_model_name": "eemlflow.training.models",
+    "create_model": "eemlflow.training.models",
+    "EpochResult": "eemlflow.training.recipe",
+    "Recipe": "eemlflow.training.recipe",
+    "build_recipe": "eemlflow.training.recipe",
+    "device_identity": "eemlflow.training.recipe",
+    "eval_step": "eemlflow.training.recipe",
+    "resolve_device": "eemlflow.training.recipe",
+    "run_epochs": "eemlflow.training.recipe",
+    "synchronizer": "eemlflow.training.recipe",
+    "train_loss_fn": "eemlflow.training.recipe",
+    "train_step": "eemlflow.training.recipe",
+}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+__all__ = sorted(_EXPORTS)
