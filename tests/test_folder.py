@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from image_folders import write_digit_folder, write_mnist
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from eemlflow.errors import EemlflowError
+from eemlflow.sweep.__main__ import main as sweep_main
 from eemlflow.sweep.grid import Cell
 from eemlflow.training.config import TrainConfig
 
@@ -146,13 +146,13 @@ def test_fast_mode_on_a_folder_streams_it_through_the_cpu_loader():
         TrainConfig(dataset="folder", data_path="gpu")
 
 
-def test_a_sweep_grid_names_a_folder_dataset_like_any_other(store, tmp_path):
+def test_a_sweep_grid_names_a_folder_dataset_like_any_other(store, tmp_path, run_main):
     root = write_digit_folder(tmp_path / "pngs", per_split=40)
     grid = tmp_path / "folder.yaml"
     grid.write_text(f"name: pngs\nexperiment: pngs\nsettings:\n  model: test_resnet\n  dataset: folder\n"
                     f"  data_dir: {root}\n  epochs: 1\n  img_size: 16\n  workers: 0\n"
                     "grid:\n  - batch_size: [8, 16]\n")
-    result = run_cli(["eemlflow.sweep", str(grid), "--no-report"], tracking_uri=store, cwd=tmp_path)
+    result = run_main(sweep_main, [str(grid), "--no-report"], tracking_uri=store)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 trained, 0 already done" in result.stderr
     children = [r for r in all_runs(store) if "eemlflow.cell_id" in r.data.tags]
@@ -161,7 +161,7 @@ def test_a_sweep_grid_names_a_folder_dataset_like_any_other(store, tmp_path):
     assert {r.data.params["train_images"] for r in children} == {"40"}
     missing = tmp_path / "gone.yaml"
     missing.write_text(grid.read_text().replace(str(root), str(tmp_path / "gone")))
-    refused = run_cli(["eemlflow.sweep", str(missing), "--no-report"], tracking_uri=store, cwd=tmp_path)
+    refused = run_main(sweep_main, [str(missing), "--no-report"], tracking_uri=store)
     assert refused.returncode == 2 and "folder dataset" in refused.stderr and "does not exist" in refused.stderr
 
 

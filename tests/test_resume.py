@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import StreamLines, cli_env, run_cli
+from conftest import StreamLines, cli_env
 from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
+from eemlflow.export import main as export_main
 from eemlflow.resume import prepare_resume
+from eemlflow.runs import main as runs_main
 from eemlflow.store.liveness import Heartbeat, process_alive, staleness
 from eemlflow.store.schema import HEARTBEAT_TAG
+from eemlflow.train import main as train_main
 from eemlflow.training import TrainConfig
 from eemlflow.training.checkpoint import load_checkpoint
 
@@ -86,7 +89,7 @@ def segment_energy(segments: list[dict]) -> float:
     return sum(float(seg.get("energy_consumed") or 0.0) for seg in segments)
 
 
-def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes(store, tmp_path):
+def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes(store, tmp_path, run_main):
     client = MlflowClient(store)
     one_thread = {"OMP_NUM_THREADS": "1"}  # the same arithmetic in every process, and the two side by side
     whole = train(store, tmp_path, "--epochs", "5", "--batch-size", "64", "--experiment", "uninterrupted",
@@ -124,13 +127,13 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
     # Seen from another host, only the heartbeat's age tells: fresh is alive, old is stale.
     assert staleness(run, stale_after_s=600, host="elsewhere") is None
     assert "last heartbeat" in staleness(run, stale_after_s=600, host="elsewhere", now=time.time() + 3600)
-    listed = run_cli(["eemlflow.runs", "stale"], tracking_uri=store, cwd=tmp_path)
+    listed = run_main(runs_main, ["stale"], tracking_uri=store)
     assert listed.returncode == 0 and run_id in listed.stdout and "yes (resume it)" in listed.stdout, listed.stdout
-    exported = run_cli(["eemlflow.export", "--status", "RUNNING", "--output", "-"], tracking_uri=store, cwd=tmp_path)
+    exported = run_main(export_main, ["--status", "RUNNING", "--output", "-"], tracking_uri=store)
     assert run_id not in exported.stdout  # a stale run is never a row
 
-    other = run_cli(["eemlflow.train", "--resume", run_id, "--batch-size", "32", "--workers", "0"],
-                    tracking_uri=store, cwd=tmp_path)  # workers may change; batch_size may not
+    other = run_main(train_main, ["--resume", run_id, "--batch-size", "32", "--workers", "0"],
+                     tracking_uri=store)  # workers may change; batch_size may not
     assert one_error_line(other) == (f"eemlflow: error: cannot resume run {run_id} with batch_size 32 (the run's is "
                                      "64): a resumed run keeps the settings it was trained with; leave them out, or "
                                      "start a new run")
@@ -158,7 +161,7 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
         metrics["lost_energy_kwh"] > 0
     assert not checkpoint_file.exists()  # removed once FINISHED
 
-    again = run_cli(["eemlflow.train", "--resume", run_id], tracking_uri=store, cwd=tmp_path)
+    again = run_main(train_main, ["--resume", run_id], tracking_uri=store)
     assert "is FINISHED" in one_error_line(again)
 
     assert whole.wait(timeout=600) == 0, whole.stdout.read()[-2000:]
@@ -168,12 +171,11 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
         assert history(client, run_id, key) == history(client, reference.info.run_id, key), key
 
 
-def test_a_run_without_a_checkpoint_is_refused(store, tmp_path):
+def test_a_run_without_a_checkpoint_is_refused(store, run_main):
     client = MlflowClient(store)
     run = client.create_run(client.create_experiment("gone"))
     client.set_terminated(run.info.run_id, "KILLED")
-    result = run_cli(["eemlflow.train", *TINY, "--epochs", "2", "--resume", run.info.run_id], tracking_uri=store,
-                     cwd=tmp_path)
+    result = run_main(train_main, [*TINY, "--epochs", "2", "--resume", run.info.run_id], tracking_uri=store)
     assert "no checkpoint at" in one_error_line(result)
     assert client.get_run(run.info.run_id).info.status == "KILLED"
 
@@ -193,14 +195,14 @@ def start_sweep(store: str, cwd: Path, grid: Path, **popen) -> subprocess.Popen:
                             text=True, **popen)
 
 
-def csv_rows(store: str, cwd: Path) -> pd.DataFrame:
-    result = run_cli(["eemlflow.export", "--output", "-"], tracking_uri=store, cwd=cwd)
+def csv_rows(store: str, run_main) -> pd.DataFrame:
+    result = run_main(export_main, ["--output", "-"], tracking_uri=store)
     assert result.returncode == 0, result.stderr
     return pd.read_csv(io.StringIO(result.stdout))
 
 
 @pytest.mark.parametrize("kill_child", [True, False], ids=["sweep-and-child-killed", "sweep-alone-killed"])
-def test_a_killed_sweep_reruns_each_cell_once(store, tmp_path, kill_child):
+def test_a_killed_sweep_reruns_each_cell_once(store, tmp_path, kill_child, run_main):
     grid = tmp_path / "one.yaml"
     grid.write_text(GRID)
     client = MlflowClient(store)
@@ -235,7 +237,7 @@ def test_a_killed_sweep_reruns_each_cell_once(store, tmp_path, kill_child):
         assert "FINISHED by the process that was training it" in words, rerun
     steps = sorted(m.step for m in client.get_metric_history(child_run.info.run_id, "train_loss"))
     assert steps == list(range(1, 6))
-    rows = csv_rows(store, tmp_path)
+    rows = csv_rows(store, run_main)
     assert list(rows["run_id"]) == [child_run.info.run_id]
 
 

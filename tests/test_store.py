@@ -23,6 +23,11 @@ from mlflow.tracking import MlflowClient
 from services import MlflowServer, postgres, postgres_bin
 from test_export_ingest import study_rows, typed, write_rows
 
+from eemlflow.export import main as export_main
+from eemlflow.ingest import main as ingest_main
+from eemlflow.runs import main as runs_main
+from eemlflow.train import main as train_main
+
 needs_postgres = pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL is not installed (.ci/run installs it)")
 TINY = ["--model", "test_resnet", "--dataset", "digits", "--img-size", "16", "--workers", "0", "--batch-size", "64",
         "--measure-power-secs", "5", "--no-system-metrics"]
@@ -34,7 +39,7 @@ def start_training(uri: str, cwd: Path, *args: str, env: dict | None = None) -> 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def many_at_once(uri: str, cwd: Path, experiment: str, n: int = 8) -> None:
+def many_at_once(uri: str, cwd: Path, experiment: str, run_main, n: int = 8) -> None:
     """``n`` trainings started at the same instant into a new experiment: n FINISHED runs, n rows, no traceback."""
     procs = [start_training(uri, cwd, "--epochs", "1", "--experiment", experiment) for _ in range(n)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -44,27 +49,27 @@ def many_at_once(uri: str, cwd: Path, experiment: str, n: int = 8) -> None:
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == n and {r.info.status for r in runs} == {"FINISHED"}
     assert all(len(r.inputs.dataset_inputs) == 2 for r in runs)  # each run's dataset record, despite the race
-    export = run_cli(["eemlflow.export", "--experiment", experiment, "--output", "-"], tracking_uri=uri)
+    export = run_main(export_main, ["--experiment", experiment, "--output", "-"], tracking_uri=uri)
     assert export.returncode == 0, export.stderr
     assert len(pd.read_csv(io.StringIO(export.stdout))) == n
 
 
-def test_eight_trainings_at_once_on_a_fresh_sqlite_file(tmp_path):
+def test_eight_trainings_at_once_on_a_fresh_sqlite_file(tmp_path, run_main):
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
-    many_at_once(uri, tmp_path, "crowd")
+    many_at_once(uri, tmp_path, "crowd", run_main)
 
 
 @needs_postgres
-def test_four_trainings_at_once_through_a_postgres_backed_server_and_a_round_trip(tmp_path):
+def test_four_trainings_at_once_through_a_postgres_backed_server_and_a_round_trip(tmp_path, run_main):
     """The server serialises the schema and the get-or-create races the sqlite test has 8 writers for: 4 suffice."""
     with postgres() as db, MlflowServer(db, tmp_path / "server") as server:
-        many_at_once(server.uri, tmp_path, "crowd", n=4)
+        many_at_once(server.uri, tmp_path, "crowd", run_main, n=4)
         source = write_rows(tmp_path / "study.csv", study_rows(12))
-        ingested = run_cli(["eemlflow.ingest", str(source)], tracking_uri=server.uri)
+        ingested = run_main(ingest_main, [str(source)], tracking_uri=server.uri)
         assert ingested.returncode == 0 and "12 runs added" in ingested.stderr, ingested.stderr
         out = tmp_path / "out.csv"
-        exported = run_cli(["eemlflow.export", "--output", str(out), "--experiment", "study-é", "--experiment",
-                            "study-β", "--experiment", "study-plain"], tracking_uri=server.uri)
+        exported = run_main(export_main, ["--output", str(out), "--experiment", "study-é", "--experiment",
+                                          "study-β", "--experiment", "study-plain"], tracking_uri=server.uri)
         assert exported.returncode == 0, exported.stderr
         assert typed(out) == typed(source)
 
@@ -80,14 +85,16 @@ def _request(uri: str, path: str, body: dict, user: str, password: str) -> dict:
         return json.loads(response.read() or b"{}")
 
 
-def test_basic_auth_refuses_without_credentials_and_accepts_with_them(tmp_path):
+def test_basic_auth_refuses_without_credentials_and_accepts_with_them(tmp_path, run_main, monkeypatch):
+    """The refusals come before any training: they run in-process; the admin's training is a real process."""
     env = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
     with MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server", ("--app-name", "basic-auth"),
                       env) as server:
-        anonymous = start_training(server.uri, tmp_path, "--epochs", "1")
-        out = anonymous.communicate(timeout=300)[0]
-        assert anonymous.returncode == 2 and "Traceback" not in out, out[-2000:]
-        [line] = [ln for ln in out.splitlines() if ln.startswith("eemlflow: error:")]
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        anonymous = run_main(train_main, [*TINY, "--epochs", "1"], tracking_uri=server.uri)
+        assert anonymous.returncode == 2 and "Traceback" not in anonymous.stderr, anonymous.stderr[-2000:]
+        [line] = [ln for ln in anonymous.stderr.splitlines() if ln.startswith("eemlflow: error:")]
         assert "HTTP 401" in line and "MLFLOW_TRACKING_USERNAME" in line
 
         admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
@@ -98,17 +105,17 @@ def test_basic_auth_refuses_without_credentials_and_accepts_with_them(tmp_path):
         # A reader (the server's default permission is READ) may not add runs to the admin's experiment.
         _request(server.uri, "/api/2.0/mlflow/users/create", {"username": "reader", "password": "Reader-pass-2026!x"},
                  "admin", ADMIN_PASSWORD)
-        reader = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "Reader-pass-2026!x"}
-        refused = start_training(server.uri, tmp_path, "--epochs", "1", "--experiment", "team", env=reader)
-        out = refused.communicate(timeout=300)[0]
-        assert refused.returncode == 2 and "Traceback" not in out, out[-2000:]
-        assert "HTTP 403" in [ln for ln in out.splitlines() if ln.startswith("eemlflow: error:")][0]
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "Reader-pass-2026!x")
+        refused = run_main(train_main, [*TINY, "--epochs", "1", "--experiment", "team"], tracking_uri=server.uri)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        assert "HTTP 403" in [ln for ln in refused.stderr.splitlines() if ln.startswith("eemlflow: error:")][0]
 
-        with_env = {**cli_env(server.uri), **admin}
-        runs = subprocess.run([sys.executable, "-c", "import mlflow; print(len(mlflow.search_runs("
-                               "search_all_experiments=True)))"], env=with_env, capture_output=True, text=True,
-                              timeout=120)
-        assert runs.stdout.strip() == "1", runs.stderr  # the admin's run; the refused ones left nothing
+        for name, value in admin.items():
+            monkeypatch.setenv(name, value)
+        client = MlflowClient(server.uri)
+        everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert len(everything) == 1  # the admin's run; the refused ones left nothing
 
 
 def wait_for_epoch(client: MlflowClient, proc: subprocess.Popen, epoch: int, timeout: float = 300) -> str:
@@ -178,8 +185,8 @@ def test_a_store_gone_for_good_keeps_the_records_for_a_replay(tmp_path):
         server.stop()
 
 
-def test_a_replay_of_a_damaged_file_is_one_line(tmp_path):
+def test_a_replay_of_a_damaged_file_is_one_line(tmp_path, run_main):
     bad = tmp_path / "unlogged-records.jsonl"
     bad.write_text("not json\n")
-    result = run_cli(["eemlflow.runs", "replay", str(bad)], cwd=tmp_path, timeout=120)
+    result = run_main(runs_main, ["replay", str(bad)])
     assert result.returncode == 2 and "not a spool file" in result.stderr and "Traceback" not in result.stderr

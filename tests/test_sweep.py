@@ -15,6 +15,7 @@ from conftest import REPO, cli_env, run_cli
 from mlflow.tracking import MlflowClient
 
 from eemlflow.sweep import CELL_TAG, Cell, load_grid
+from eemlflow.sweep.__main__ import main as sweep_main
 from eemlflow.training.config import TrainConfig
 
 GRID = """
@@ -32,7 +33,7 @@ def runs(store: str, experiment: str):
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
+def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path, run_main):
     grid = tmp_path / "tiny.yaml"
     grid.write_text(GRID)
     # Two slots: on this GPU-less machine the children train on the CPU, two at a time.
@@ -79,14 +80,14 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path):
     page = Path(MlflowClient(store).download_artifacts(parent.info.run_id, "report/report.html", str(tmp_path)))
     assert "2 FINISHED runs" in page.read_text() and "We trained 2 models from scratch" in page.read_text()
 
-    dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
+    dry = run_main(sweep_main, [str(grid), "--dry-run"], tracking_uri=store)
     assert "2 cells: 2 done, 0 running, 0 resumable, 0 failed, 0 pending" in dry.stdout, dry.stdout + dry.stderr
-    again = run_cli(["eemlflow.sweep", str(grid), "--gpus", "0,1", "--no-report"], tracking_uri=store, cwd=tmp_path)
+    again = run_main(sweep_main, [str(grid), "--gpus", "0,1", "--no-report"], tracking_uri=store)
     assert again.returncode == 0 and "0 trained, 2 already done" in again.stderr, again.stderr[-2000:]
     assert len(runs(store, "tiny-sweep")) == 3  # the same parent and children: nothing new
 
 
-def test_a_failing_cell_is_retried_then_reported_while_the_others_finish(store, tmp_path):
+def test_a_failing_cell_is_retried_then_reported_while_the_others_finish(store, tmp_path, run_main):
     data = tmp_path / "data" / "cifar-10-batches-py"
     data.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -123,15 +124,15 @@ def test_a_failing_cell_is_retried_then_reported_while_the_others_finish(store, 
     [parent] = [r for r in runs(store, "broken") if CELL_TAG not in r.data.tags]
     assert parent.info.status == "FAILED"
 
-    again = run_cli(["eemlflow.sweep", str(grid), "--retries", "0"], tracking_uri=store, cwd=tmp_path)
+    again = run_main(sweep_main, [str(grid), "--retries", "0"], tracking_uri=store)
     assert again.returncode == 1 and "0 trained, 1 already done, 0 retries, 1 failed" in again.stderr, again.stderr
     assert len([r for r in runs(store, "broken") if r.info.run_name == "test_resnet-cifar10-e1-b16"]) == 3  # retried
 
 
-def test_an_invalid_grid_is_refused_before_any_training(store, tmp_path):
+def test_an_invalid_grid_is_refused_before_any_training(store, tmp_path, run_main):
     grid = tmp_path / "bad.yaml"
     grid.write_text("grid:\n  - {model: [resnet18, resnet181], epochs: [1, -3], dataset: digits}\n")
-    result = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
+    result = run_main(sweep_main, [str(grid)], tracking_uri=store)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "3 bad cells, nothing was trained" in result.stderr
     assert "model=resnet181, epochs=1" in result.stderr and "did you mean resnet18" in result.stderr
@@ -155,15 +156,14 @@ def test_only_picks_cells_as_written_then_set_changes_them():
     assert len(load_grid(study, only={"epochs": "050", "batch_size": "32"}).cells) == 21  # compared as numbers
 
 
-def test_dry_run_of_the_study_lists_195_pending_cells(store, tmp_path):
-    result = run_cli(["eemlflow.sweep", str(REPO / "sweeps" / "ee-training.yaml"), "--dry-run"],
-                     tracking_uri=store, cwd=tmp_path)
+def test_dry_run_of_the_study_lists_195_pending_cells(store, run_main):
+    result = run_main(sweep_main, [str(REPO / "sweeps" / "ee-training.yaml"), "--dry-run"], tracking_uri=store)
     assert result.returncode == 0, result.stderr
     assert "195 cells: 0 done, 0 running, 0 resumable, 0 failed, 195 pending" in result.stdout
 
 
 # SIGTERM (a batch system's stop); Ctrl-C is tested with a launch that ignores SIGINT in tests/test_resume.py.
-def test_a_stopped_sweep_kills_the_running_cell_starts_no_other_and_resumes(store, tmp_path):
+def test_a_stopped_sweep_kills_the_running_cell_starts_no_other_and_resumes(store, tmp_path, run_main):
     grid = tmp_path / "long.yaml"
     grid.write_text("name: long\nsettings: {dataset: digits, img_size: 16, workers: 0, epochs: 3, "
                     "measure_power_secs: 5}\ngrid:\n  - {model: test_resnet, batch_size: [32, 64]}\n")
@@ -185,10 +185,10 @@ def test_a_stopped_sweep_kills_the_running_cell_starts_no_other_and_resumes(stor
     [parent] = [r for r in runs(store, "long") if CELL_TAG not in r.data.tags]
     assert (child.info.status, parent.info.status) == ("KILLED", "KILLED")
     assert child.data.tags["eemlflow.status"] == "KILLED" and child.data.metrics["energy_consumed"] > 0
-    dry = run_cli(["eemlflow.sweep", str(grid), "--dry-run"], tracking_uri=store, cwd=tmp_path)
+    dry = run_main(sweep_main, [str(grid), "--dry-run"], tracking_uri=store)
     # The stopped cell has a checkpoint (it logged an epoch): a rerun continues it rather than starting over.
     assert "2 cells: 0 done, 0 running, 1 resumable, 0 failed, 1 pending" in dry.stdout, dry.stdout
-    again = run_cli(["eemlflow.sweep", str(grid)], tracking_uri=store, cwd=tmp_path)
+    again = run_main(sweep_main, [str(grid)], tracking_uri=store)
     assert again.returncode == 0 and "2 trained, 0 already done" in again.stderr, again.stderr[-2000:]
     assert "1 resumed from a checkpoint" in again.stderr
     children = [r for r in runs(store, "long") if CELL_TAG in r.data.tags]
@@ -239,3 +239,8 @@ def test_the_launchers_sweep_and_export_entry_points_take_empty_values(store, tm
                             text=True, timeout=300)
     assert export.returncode == 0, export.stderr[-2000:]
     assert out.read_text().splitlines()[0].startswith("timestamp,project_name,run_id")
+    report = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "report", "--env-manager",
+                             "local", "-P", f"output={tmp_path / 'page'}"],  # experiment: empty = every one
+                            cwd=tmp_path, env=cli_env(store), capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "<h2>Totals</h2>" in (tmp_path / "page" / "report.html").read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from cifar_files import write_cifar10
-from conftest import REPO, StreamLines, cli_env, gpu_present, rapl_readable, run_cli
+from conftest import REPO, StreamLines, cli_env, gpu_present, rapl_readable
 from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
@@ -231,11 +231,13 @@ def test_bad_input_under_the_launcher_leaves_no_run_running(store, tmp_path):
     assert run.info.status == "FAILED"
 
 
-def test_cifar10_files_train_through_the_cli(store, tmp_path):
+def test_cifar10_files_train_through_the_command_line(store, tmp_path, run_main):
+    from eemlflow.train import main as train_main
+
     write_cifar10(tmp_path / "data", per_batch=20, test=30)
-    result = run_cli(["eemlflow.train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
-                      "--batch-size", "16", "--img-size", "32", "--workers", "0", "--no-system-metrics"],
-                     tracking_uri=store, timeout=300)
+    result = run_main(train_main, ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+                                   "--batch-size", "16", "--img-size", "32", "--workers", "0", "--no-system-metrics"],
+                      tracking_uri=store)
     assert result.returncode == 0, result.stderr[-2000:]
     _, run = only_run(store)
     assert run.data.params["dataset"] == "cifar10" and run.data.params["num_classes"] == "10"
@@ -244,11 +246,11 @@ def test_cifar10_files_train_through_the_cli(store, tmp_path):
     assert [m.value for m in MlflowClient(store).get_metric_history(run.info.run_id, "epoch/images_per_s")][0] > 0
 
 
-def test_a_launcher_run_missing_from_the_store_is_explained(store, tmp_path):
-    env = cli_env(store)
-    env["MLFLOW_RUN_ID"] = "0123456789abcdef0123456789abcdef"  # as `mlflow run` would pass, from another store
-    result = subprocess.run([sys.executable, "-m", "eemlflow.train", "--dataset", "digits"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+def test_a_launcher_run_missing_from_the_store_is_explained(store, run_main, monkeypatch):
+    from eemlflow.train import main as train_main
+
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef0123456789abcdef")  # as `mlflow run` would pass it
+    result = run_main(train_main, ["--dataset", "digits"], tracking_uri=store)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "is not in the tracking store" in result.stderr and "absolute" in result.stderr
 
