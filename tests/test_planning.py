@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 
 import pytest
 from conftest import REPO, cli_env, run_cli
@@ -10,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from eemlflow.runner import train_run
 from eemlflow.store.schema import EPOCH, STOPPED_TAG
+from eemlflow.sweep.__main__ import main as sweep_main
 from eemlflow.training import TrainConfig
 
 EPOCHS = 8  # room for a run up to 4x faster than the reference to still meet a 2-epoch budget
@@ -97,11 +99,11 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
     assert -1.0 < errors[-1] <= 0.0
 
 
-def test_a_forecast_trains_nothing_and_a_grid_budget_starts_no_cell_that_would_cross_it(store, tmp_path):
+def test_a_forecast_trains_nothing_and_a_grid_budget_starts_no_cell_that_would_cross_it(store, tmp_path, run_main):
     grid = tmp_path / "two.yaml"
     grid.write_text("name: two\nexperiment: two\nsettings: {dataset: digits, epochs: 1, img_size: 16, workers: 0}\n"
                     "grid:\n  - {model: test_resnet, batch_size: 64, epochs: [1, 2]}\n")  # one shape, one calibration
-    only = run_cli(["eemlflow.sweep", str(grid), "--forecast"], tracking_uri=store)
+    only = run_main(sweep_main, [str(grid), "--forecast"], tracking_uri=store)
     assert only.returncode == 0, only.stderr[-2000:]
     assert "forecast: 2 cells to train, 1 calibration in" in only.stdout
     rows = {line.split("│")[2].strip(): line for line in only.stdout.splitlines() if "test_resnet-digits-e" in line}
@@ -110,10 +112,42 @@ def test_a_forecast_trains_nothing_and_a_grid_budget_starts_no_cell_that_would_c
     assert one < two < 2.2 * one  # a second epoch costs about as much again (the first carries the start-up)
     assert MlflowClient(store).get_experiment_by_name("two") is None  # nothing trained, no parent opened
 
-    over = run_cli(["eemlflow.sweep", str(grid), "--budget-kwh", "1e-9"], tracking_uri=store)
+    over = run_main(sweep_main, [str(grid), "--budget-kwh", "1e-9"], tracking_uri=store)
     assert over.returncode == 1 and "Traceback" not in over.stderr, over.stderr[-2000:]
     assert over.stderr.count("not started: with its forecast") == 2
     assert "2 not started, over the grid's budget of 1e-09 kWh" in over.stderr
     client = MlflowClient(store)
     [parent] = client.search_runs([client.get_experiment_by_name("two").experiment_id])  # no child was started
     assert parent.info.status == "FAILED" and parent.data.metrics["sweep_forecast_energy_kwh"] > 1e-9
+
+
+def test_the_grids_budget_counts_cells_done_before_done_now_running_and_the_next_refined_by_the_forecasts_error(
+        store, tmp_path, monkeypatch):
+    """The scheduler's accounting on a real grid and store, in-process: before a cell starts, energy of cells done
+    by earlier invocations + measured this time + the running cells' and this cell's forecasts (scaled by how far
+    off the finished cells' forecasts were) must stay within the budget."""
+    from eemlflow.sweep import load_grid
+    from eemlflow.sweep.forecast import CellForecast
+    from eemlflow.sweep.scheduler import Sweep
+    from eemlflow.sweep.tally import Tally
+
+    grid_file = tmp_path / "three.yaml"
+    grid_file.write_text("name: three\nsettings: {dataset: digits, epochs: 1, img_size: 16, workers: 0}\n"
+                         "grid:\n  - {model: test_resnet, batch_size: [16, 32, 64]}\n")
+    grid = load_grid(grid_file)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the sweep's log folder, never used here
+    running, nxt, other = grid.cells
+    forecasts = {c.cell_id: CellForecast(c, 10.0, kwh, 0.0) for c, kwh in zip(grid.cells, (0.2, 0.3, 0.5))}
+    sweep = Sweep(MlflowClient(store), grid, "0", "parent", store, forecasts=forecasts, budget_kwh=0.9)
+    sweep.spent_before_kwh = 0.1  # done by an earlier invocation
+    sweep.slots[0].cell = running  # the one slot is busy with a cell forecast at 0.2 kWh
+    tally = Tally(total=3, energy_kwh=0.2, forecast_kwh=0.2, forecast_measured_kwh=0.2)  # one done, as forecast
+    assert sweep._within_budget(nxt, tally)  # 0.1 + 0.2 + (0.2 + 0.3) = 0.8 <= 0.9
+    assert not sweep._within_budget(other, tally)  # 0.1 + 0.2 + (0.2 + 0.5) = 1.0 > 0.9
+    assert tally.over_budget == [other.config.run_name]
+    tally = Tally(total=3, energy_kwh=0.2, forecast_kwh=0.1, forecast_measured_kwh=0.2)  # cells cost 2x forecast
+    assert not sweep._within_budget(nxt, tally)  # 0.1 + 0.2 + 2 x (0.2 + 0.3) = 1.3
+    sweep.budget_kwh = 1.3 + 1e-9
+    assert sweep._within_budget(nxt, tally)
+    sweep.budget_kwh = None
+    assert sweep._within_budget(other, Tally(total=3, energy_kwh=99.0))  # no budget: anything starts

@@ -136,3 +136,44 @@ def test_the_energy_figure_writes_every_cell_that_exists_and_no_other(size, tmp_
         path = energy_by_model(rows, dataset, tmp_path)
         with Image.open(path) as image:  # a valid PNG, wide enough for its columns
             assert image.format == "PNG" and image.size[0] >= 60 * table.shape[1]
+
+
+def test_the_reports_title_totals_methods_and_suspects_come_from_the_runs(store, tmp_path, run_main):
+    from mlflow.tracking import MlflowClient
+
+    from eemlflow.report.__main__ import main as report_main
+    from eemlflow.report.page import SORT_SCRIPT
+    from eemlflow.report.statement import NOT_RECORDED
+    from eemlflow.store.schema import SOURCE_RUN_ID_TAG
+
+    rows = study_rows(6)
+    for row in rows:
+        row["experiment_name"] = "grid"
+    ingest(connect(store), read_csv(write_rows(tmp_path / "grid.csv", rows)))
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id], order_by=["attributes.start_time"])
+    measured, suspect, failed = (r.info.run_id for r in runs[:3])
+    client.set_tag(measured, "energy.gpu_method", "NVML total-energy counter")
+    client.set_tag(suspect, "energy.suspect", "gpu_energy is 0 on a GPU run")
+    client.set_tag(failed, "energy.failure", "CodeCarbon stopped reporting")
+    shown = {r.info.run_id: r.data.tags[SOURCE_RUN_ID_TAG] for r in runs}  # an ingested row keeps its own id
+
+    result = run_main(report_main, ["--experiment", "grid", "--title", "Our <grid>", "--output", "out"],
+                      tracking_uri=store)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<title>Our &lt;grid&gt;</title>" in page and "<h1>Our &lt;grid&gt;</h1>" in page  # escaped
+    total = sum(float(r["energy_consumed"]) for r in rows)
+    emissions = sum(float(r["emissions"]) for r in rows)
+    assert (f"<tr><td>6</td><td>{total:.4g}</td><td>{total * 1000:.4g}</td><td>{emissions:.4g}</td>"
+            in page), page.split("<h2>Totals</h2>")[1][:400]
+    assert "<tr><td>GPU</td><td>NVML total-energy counter</td><td>1</td></tr>" in page
+    assert f"<tr><td>GPU</td><td>{NOT_RECORDED} (the published CSV does not say)</td><td>5</td></tr>" in page
+    assert f"<tr><td>CPU</td><td>{NOT_RECORDED} (the published CSV does not say)</td><td>6</td></tr>" in page
+    suspects = page.split("<h3>2 suspect runs</h3><ul>")[1].split("</ul>")[0]
+    assert f"(run {shown[suspect]}): gpu_energy is 0 on a GPU run</li>" in suspects
+    assert f"(run {shown[failed]}): CodeCarbon stopped reporting</li>" in suspects
+    assert shown[measured] not in suspects
+    assert "<table class='sortable'>" in page and SORT_SCRIPT in page  # every heading sorts its table
+    assert page.index("<h2>Totals</h2>") < page.index("<h2>Efficiency, run by run</h2>") < page.index(
+        "<h2>How the figures were obtained</h2>") < page.index("<h2>How this was measured</h2>")
