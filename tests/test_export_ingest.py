@@ -258,3 +258,13 @@ def test_the_exported_csv_has_the_permissions_any_new_file_gets(store, tmp_path,
     plain = tmp_path / "plain.txt"
     plain.write_text("x")  # what the umask gives a new file here
     assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # readable by others as usual, not 0600
+
+
+def test_verbose_shows_mlflows_info_lines_that_the_default_keeps_quiet(tmp_path):
+    """A fresh store's schema creation is logged by MLflow at INFO: shown with --verbose only (the training's
+    CodeCarbon lines follow the same switch, see tests/test_planning.py)."""
+    quiet = run_cli(["eemlflow.export", "--output", "-"], tracking_uri=f"sqlite:///{tmp_path / 'quiet.db'}")
+    loud = run_cli(["eemlflow.export", "--verbose", "--output", "-"], tracking_uri=f"sqlite:///{tmp_path / 'loud.db'}")
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "Creating initial MLflow database tables" in loud.stderr and " INFO " in loud.stderr, loud.stderr
+    assert "Creating initial MLflow database tables" not in quiet.stderr and " INFO " not in quiet.stderr, quiet.stderr
