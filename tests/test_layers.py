@@ -119,3 +119,12 @@ def test_the_commands_that_never_train_do_not_import_torch_timm_or_codecarbon():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=cli_env())
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", result.stdout
+
+
+@pytest.mark.parametrize("subpackage", ["training", "measure"])
+def test_every_name_a_lazy_package_exports_resolves_to_its_module(subpackage):
+    """The lazy tables name each export's module by hand: a wrong one would fail only when first used."""
+    package = importlib.import_module(f"eemlflow.{subpackage}")
+    for name, module in package._EXPORTS.items():
+        assert module.startswith(f"eemlflow.{subpackage}."), (name, module)
+        assert getattr(package, name) is getattr(importlib.import_module(module), name), name
