@@ -128,7 +128,8 @@ def train_run(
             run.log_setup(cfg, data, str(device), recipe.input_size, environment(device), inputs=point is None)
             monitor = EnergyMonitor(
                 cfg.country, country_given=cfg.country_given,
-                measure_power_secs=cfg.measure_power_secs, gpu_ids=gpu_ids, synchronize=synchronizer(device),
+                measure_power_secs=cfg.measure_power_secs, pue=cfg.pue, gpu_ids=gpu_ids,
+                synchronize=synchronizer(device),
             )
             monitor.start()
             heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()

@@ -50,6 +50,7 @@ def test_base_lr_follows_the_study_rule_unless_given():
     ({"download": "maybe"}, "download must be true or false"),
     ({"colour": "red"}, "unknown setting 'colour'"),
     ({"mode": "turbo"}, "unknown mode 'turbo'"),
+    ({"pue": "0.9"}, "pue must be 1.0 or more"),
     ({"data_path": "disk"}, "unknown data_path 'disk'"),
     ({"mode": "fast", "data_path": "cpu"}, "mode=fast uses the GPU data path"),
 ])

@@ -40,6 +40,22 @@ def test_windows_nest_and_add_up():
         monitor.end_window("inner")
 
 
+def test_a_pue_scales_every_energy_and_power_figure_as_codecarbon_applies_it():
+    """Two monitors over the same window, each charged the whole host (no sharing): the one at PUE 1.5 reports the
+    RAM (a constant power model here) and the totals at 1.5 times the other's, and says which PUE it applied."""
+    plain = EnergyMonitor("USA", measure_power_secs=1, share_host=False)
+    facility = EnergyMonitor("USA", measure_power_secs=1, share_host=False, pue=1.5)
+    plain.start()
+    facility.start()
+    time.sleep(2.5)
+    a, b = plain.stop().record, facility.stop().record
+    assert (a.pue, b.pue) == (1.0, 1.5)
+    assert b.ram_power == pytest.approx(1.5 * a.ram_power, rel=1e-6)
+    assert b.ram_energy / b.duration == pytest.approx(1.5 * a.ram_energy / a.duration, rel=0.02)
+    assert b.energy_consumed == pytest.approx(b.cpu_energy + b.gpu_energy + b.ram_energy)
+    assert b.emissions / b.energy_consumed == pytest.approx(a.emissions / a.energy_consumed, rel=1e-6)
+
+
 def test_a_duplicate_window_is_an_error():
     monitor = EnergyMonitor("USA", measure_power_secs=1)
     monitor.start()

@@ -141,7 +141,7 @@ def test_codecarbons_own_emissions_csv_is_accepted(store, tmp_path, run_main):
 
 
 def test_export_of_trained_runs_skips_non_rows_and_filters_status(store, tmp_path, run_main):
-    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=1, img_size=16, workers=0, batch_size=64)
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=1, img_size=16, workers=0, batch_size=64, pue=1.5)
     outcome = train_run(cfg, tracking_uri=store, experiment_name="trained", system_metrics=False)
     client = MlflowClient(store)
     parent = client.create_run(client.get_experiment_by_name("trained").experiment_id)  # e.g. a sweep's parent
@@ -158,6 +158,8 @@ def test_export_of_trained_runs_skips_non_rows_and_filters_status(store, tmp_pat
     assert "1 rows" in result.stderr and "total energy" in result.stderr
     [row] = typed(out)
     assert row["run_id"] == outcome.run_id and row["epochs"] == 1 and row["energy_consumed"] > 0
+    assert row["pue"] == 1.5  # the setting, as CodeCarbon applied it to every energy column
+    assert row["energy_consumed"] == pytest.approx(row["cpu_energy"] + row["gpu_energy"] + row["ram_energy"])
 
     extras = run_main(export_main, ["--experiment", "trained", "--status", "KILLED", "--with-extras", "--output", "-"],
                       tracking_uri=store)

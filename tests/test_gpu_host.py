@@ -62,12 +62,12 @@ def test_a_cpu_training_on_a_gpu_host_measures_no_gpu_and_charts_none(store, tmp
 
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory) -> tuple[dict, int]:
-    """An EnergyMonitor on GPU 1 of the simulated host for 4 s (tests/gpu_host_probe.py), while another process
-    computes on GPU 1: what it measured, and that process's pid."""
+    """An EnergyMonitor on GPU 1 of the simulated host for 4 s at a PUE of 1.5 (tests/gpu_host_probe.py), while
+    another process computes on GPU 1: what it measured, and that process's pid."""
     neighbour = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         host = write_host(tmp_path_factory.mktemp("host"), processes={1: [neighbour.pid], 0: [4242424]})
-        probe = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_host_probe.py"), "1", "4"],
+        probe = subprocess.run([sys.executable, str(REPO / "tests" / "gpu_host_probe.py"), "1", "4", "1.5"],
                                env=host_env(host), capture_output=True, text=True, timeout=300)
     finally:
         neighbour.kill()
@@ -80,10 +80,14 @@ def test_a_monitor_on_one_gpu_of_the_host_measures_that_gpu_alone_over_codecarbo
     assert got["gpu_count"] == 1 and got["gpu_model"] == "1 x NVIDIA H200"
     assert got["host_gpu_count"] == 2 and got["host_gpu_model"] == "2 x NVIDIA H200"
     assert got["gpu_ids"] == "1" and got["gpu_method"] == "NVML energy counter (measured)"
-    # GPU 1 draws 300 W (GPU 0 100 W): the energy is GPU 1's alone, over the window CodeCarbon measured.
-    assert got["gpu_energy_kwh"] == pytest.approx(300 * got["duration_s"] / 3.6e6, rel=0.02)
+    # GPU 1 draws 300 W (GPU 0 100 W): the energy is GPU 1's alone, over the window CodeCarbon measured, times the
+    # PUE as CodeCarbon applies it; the counter reads the GPU's own (IT) energy and is compared before the PUE.
+    assert got["pue"] == 1.5
+    assert got["gpu_energy_kwh"] == pytest.approx(1.5 * 300 * got["duration_s"] / 3.6e6, rel=0.02)
+    assert got["nvml_gpu_energy_kwh"] == pytest.approx(300 * got["duration_s"] / 3.6e6, rel=0.02)
     assert abs(got["discrepancy_pct"]) < 0.5, got  # the counter's run window is CodeCarbon's
-    assert got["epoch_nvml_gpu_energy_kwh"] == pytest.approx(got["epoch_gpu_energy_kwh"], rel=0.005)
+    assert got["epoch_nvml_gpu_energy_kwh"] == pytest.approx(got["epoch_gpu_energy_kwh"] / 1.5, rel=0.005)
+    assert not [s for s in got["suspicions"] if "off the" in s]  # no +50 % "discrepancy" from the PUE
     flagged = [s for s in got["suspicions"] if "another process" in s]
     assert flagged == [f"another process (pid {neighbour_pid}) computed on GPU 1 while this run measured it: NVML "
                        "counts the whole GPU, so its energy is in this run's gpu_energy"]  # GPU 0's is not ours
@@ -104,7 +108,8 @@ def test_a_second_gpu_reading_the_nvml_power_samples_integrated_is_logged_and_co
     assert got["counters"]["nvml_power_gpu_energy_kwh"] == pytest.approx(got["counters"]["nvml_gpu_energy_kwh"],
                                                                          rel=0.005)
     assert abs(got["discrepancies"]["nvml_power_gpu_energy_discrepancy_pct"]) < 0.5, got
-    assert got["epoch_counters"]["nvml_power_gpu_energy_kwh"] == pytest.approx(got["epoch_gpu_energy_kwh"], rel=0.005)
+    assert got["epoch_counters"]["nvml_power_gpu_energy_kwh"] == pytest.approx(got["epoch_gpu_energy_kwh"] / 1.5,
+                                                                               rel=0.005)
     assert not [s for s in got["suspicions"] if "NVML power samples" in s]
 
 def test_concurrent_trainings_share_the_hosts_cpu_and_ram_as_one_machine_measures_it(store, tmp_path):

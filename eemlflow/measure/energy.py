@@ -76,6 +76,8 @@ class EnergyMonitor:
         synchronize: waits for the device's queued work (``torch.cuda.synchronize``), called before every
             window boundary so that the counters and CodeCarbon see the work that was launched before it.
         share_host: share the host's CPU and RAM with the other trainings measured on it at the same time.
+        pue: the data centre's power usage effectiveness, applied by CodeCarbon to every power and energy it reports
+            (the hardware counters stay IT energy, and are compared with CodeCarbon's figures divided by it).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class EnergyMonitor:
         project_name: str = "eemlflow",
         synchronize: Callable[[], None] | None = None,
         share_host: bool = True,
+        pue: float = 1.0,
     ) -> None:
         self.failure: str | None = None
         self.gpu_ids = list(gpu_ids or [])
@@ -108,6 +111,7 @@ class EnergyMonitor:
             country_iso_code=country_iso_code,
             project_name=project_name,
             measure_power_secs=measure_power_secs,
+            pue=pue,
             api_call_interval=1,  # live_out at every sample, for the progress display
             output_methods=[],  # no emissions.csv: MLflow holds the figures
             output_dir=tempfile.gettempdir(),

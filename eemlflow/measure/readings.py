@@ -128,14 +128,19 @@ class EnergyResult:
         return dataclasses.replace(EnergyReading.from_emissions(self.record), counters=dict(self.counters))
 
     def discrepancies(self) -> dict[str, float]:
-        """Each counter's (CodeCarbon - counter) / counter in %, by the spec's ``discrepancy`` name (those read)."""
+        """Each counter's (CodeCarbon - counter) / counter in %, by the spec's ``discrepancy`` name (those read).
+        The counters read IT energy: CodeCarbon's figure is compared without the PUE it multiplied in."""
         found = {}
         for name, kwh in self.counters.items():
             spec = BY_NAME[name]
-            pct = discrepancy_pct(getattr(self.record, spec.codecarbon_figure), kwh) if self.record else None
+            pct = discrepancy_pct(self.it_energy_kwh(spec.codecarbon_figure), kwh) if self.record else None
             if pct is not None:
                 found[spec.discrepancy] = pct
         return found
+
+    def it_energy_kwh(self, figure: str) -> float:
+        """One of CodeCarbon's energy figures (``gpu_energy`` ...) without the PUE it applied: the IT equipment's."""
+        return float(getattr(self.record, figure)) / float(getattr(self.record, "pue", None) or 1.0)
 
     def _per_second(self, kwh: float) -> float | None:
         if self.record is None or not self.record.duration:

@@ -16,9 +16,9 @@ def suspicions(result: EnergyResult, used_gpu: bool) -> list[str]:
         spec = BY_NAME[name]
         pct = discrepancies.get(spec.discrepancy)
         if pct is not None and abs(pct) > spec.suspect_pct:
-            cc_kwh = getattr(final, spec.codecarbon_figure)
-            found.append(f"CodeCarbon's {spec.hardware} energy {cc_kwh:.6g} kWh is {pct:+.1f} % off the {spec.title}'s "
-                         f"{counter_kwh:.6g} kWh (more than {spec.suspect_pct:g} %)")
+            cc_kwh = result.it_energy_kwh(spec.codecarbon_figure)
+            found.append(f"CodeCarbon's {spec.hardware} energy {cc_kwh:.6g} kWh (before PUE) is {pct:+.1f} % off the "
+                         f"{spec.title}'s {counter_kwh:.6g} kWh (more than {spec.suspect_pct:g} %)")
     for gpu, pid in result.other_gpu_pids:
         found.append(f"another process (pid {pid}) computed on GPU {gpu} while this run measured it: NVML counts the "
                      "whole GPU, so its energy is in this run's gpu_energy")

@@ -68,7 +68,7 @@ class CellForecast:
 def shape_key(cfg: TrainConfig) -> tuple:
     """What a calibration stands for: cells that differ only in dataset, epochs, seed or lr cost the same per step."""
     return (cfg.model, cfg.img_size, cfg.batch_size, cfg.mode, cfg.resolved_data_path, cfg.compile, cfg.device,
-            cfg.country)
+            cfg.country, cfg.pue)
 
 
 def forecast_cells(cells: Sequence[Cell], on_calibration: Callable[[int, int, TrainConfig], None] | None = None,
@@ -92,11 +92,11 @@ def forecast_cells(cells: Sequence[Cell], on_calibration: Callable[[int, int, Tr
             if on_calibration:
                 on_calibration(i, len(shapes), cfg)
             device = resolve_device(cfg.device)
-            monitor_key = (cfg.country, str(device))
+            monitor_key = (cfg.country, cfg.pue, str(device))
             if monitor_key not in monitors:
                 monitors[monitor_key] = EnergyMonitor(
                     cfg.country, country_given=cfg.country_given, gpu_ids=measured_gpu_ids(*device_identity(device)),
-                    measure_power_secs=cfg.measure_power_secs, synchronize=synchronizer(device))
+                    measure_power_secs=cfg.measure_power_secs, pue=cfg.pue, synchronize=synchronizer(device))
                 monitors[monitor_key].start()
             calibrations[key] = calibrate(cfg, data_for(cfg), monitors[monitor_key])
     finally:

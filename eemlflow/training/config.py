@@ -63,6 +63,7 @@ class TrainConfig:
     workers: int = _setting(4, EXECUTION)
     download: bool = _setting(False, EXECUTION)
     measure_power_secs: float = _setting(1.0, RESULT)
+    pue: float = _setting(1.0, RESULT)
     mode: str = _setting("faithful", RESULT)
     data_path: str | None = _setting(None, RESULT)
     compile: bool = _setting(False, RESULT)
@@ -91,6 +92,8 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0,
                f"checkpoint_every must be 0 (never) or a number of epochs, got {self.checkpoint_every}")
         _check(self.measure_power_secs > 0, f"measure_power_secs must be positive, got {self.measure_power_secs}")
+        _check(self.pue >= 1.0,
+               f"pue must be 1.0 or more (the facility's energy per unit of IT energy), got {self.pue}")
         _check(self.mode in MODES, f"unknown mode {self.mode!r}: choose faithful (the study's recipe) or fast")
         _check(
             self.data_path is None or self.data_path in DATA_PATHS,
