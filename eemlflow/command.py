@@ -16,7 +16,7 @@ SUBCOMMANDS = {  # name -> (module, what it does)
     "export": ("eemlflow.export", "write the study's 42-column CSV from the tracking store"),
     "ingest": ("eemlflow.ingest", "put a study CSV (or CodeCarbon's emissions.csv) into the tracking store"),
     "report": ("eemlflow.report.__main__", "an offline HTML report with figures of the runs' energy and accuracy"),
-    "runs": ("eemlflow.runs", "housekeeping: stale runs, replaying records a store outage kept"),
+    "runs": ("eemlflow.runs", "housekeeping: stale runs, replaying records a store outage kept, attaching a meter"),
 }
 
 

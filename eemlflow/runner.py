@@ -24,6 +24,7 @@ from typing import Protocol
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.measure.gpu_ids import measured_gpu_ids
+from eemlflow.measure.idle import IdlePower, dynamic_energy_kwh, measure_idle
 from eemlflow.measure.projection import Budgets, Projection, Projector
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.resume import ResumePoint, prepare_resume
@@ -114,6 +115,7 @@ def train_run(
     trained: Callable[[], None] | None = None  # logs the trained model (log_model=true)
     monitor: EnergyMonitor | None = None
     heartbeat: HeartbeatThread | None = None
+    idle: IdlePower | None = None  # the devices' idle baseline (idle_baseline_s)
     interrupted: BaseException | None = None
     try:
         with _sigterm_raises():
@@ -126,6 +128,8 @@ def train_run(
                 restore(recipe, point.checkpoint)
                 run.log_lost_energy(point.lost_energy_kwh)
             run.log_setup(cfg, data, str(device), recipe.input_size, environment(device), inputs=point is None)
+            if cfg.idle_baseline_s:
+                idle = measure_idle(cfg.idle_baseline_s, cfg.country, gpu_ids, cfg.pue, synchronizer(device))
             monitor = EnergyMonitor(
                 cfg.country, country_given=cfg.country_given,
                 measure_power_secs=cfg.measure_power_secs, pue=cfg.pue, gpu_ids=gpu_ids,
@@ -150,7 +154,7 @@ def train_run(
             reporter.end()
         if heartbeat is not None:
             heartbeat.stop()
-        _close(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None)
+        _close(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None, idle)
     if outcome.status == FINISHED and not cfg.keep_checkpoint:
         remove_checkpoint(ckpt)
     if interrupted is not None:
@@ -246,13 +250,16 @@ class _Progress:
 
 
 def _close(run: TrainingRun, monitor: EnergyMonitor | None, outcome: RunOutcome,
-           earlier_segments: Sequence[dict] = (), log_model: Callable[[], None] | None = None) -> None:
+           earlier_segments: Sequence[dict] = (), log_model: Callable[[], None] | None = None,
+           idle: IdlePower | None = None) -> None:
     """Log the energy measured so far (all segments) and end the run; signals are held off until this is done.
     A finished run's model (``log_model``) is logged after the energy is measured: it is not training."""
     with _signals_ignored():
         if monitor is not None:
             outcome.energy = monitor.stop(earlier_segments)
             run.log_energy(outcome.energy)
+            if idle is not None:
+                run.log_idle(idle, dynamic_energy_kwh(outcome.energy, idle), outcome.energy.cpu_ram_share)
             if outcome.status == FINISHED and outcome.energy.reading is not None:
                 run.log_projection_errors(outcome.energy.reading.energy_kwh, outcome.projections,
                                           resumed=bool(earlier_segments))

@@ -246,3 +246,64 @@ def test_rapl_without_readable_counters_says_why(tmp_path):
     (tmp_path / "intel-rapl:0" / "name").write_text("package-0\n")  # no energy_uj to read
     unreadable = RaplEnergyCounter(tmp_path)
     assert not unreadable.available and "not readable" in unreadable.description and unreadable.read_kwh() is None
+
+
+def test_the_idle_baseline_splits_the_runs_energy_into_idle_power_over_its_duration_and_the_dynamic_rest(store):
+    from mlflow.tracking import MlflowClient
+
+    from eemlflow.measure.idle import IdlePower, dynamic_energy_kwh
+    from eemlflow.runner import train_run
+    from eemlflow.training.config import TrainConfig
+
+    cfg = TrainConfig(model="test_resnet", dataset="digits", epochs=2, img_size=16, workers=0, batch_size=64,
+                      idle_baseline_s=2.0, checkpoint_every=0)
+    outcome = train_run(cfg, tracking_uri=store, experiment_name="idle", system_metrics=False)
+    assert outcome.status == "FINISHED"
+    run = MlflowClient(store).get_run(outcome.run_id)
+    m = run.data.metrics
+    idle_w = m["summary/idle_power_w"]
+    share = m["summary/cpu_ram_share"]
+    assert idle_w == pytest.approx(m["summary/idle_gpu_power_w"]
+                                   + share * (m["summary/idle_cpu_power_w"] + m["summary/idle_ram_power_w"]))
+    assert m["summary/dynamic_energy_kwh"] + idle_w * m["duration"] / 3.6e6 == pytest.approx(m["energy_consumed"])
+    assert 0 < m["summary/dynamic_energy_kwh"] < m["energy_consumed"]  # the CPU works harder training than idle
+    assert m["summary/idle_ram_power_w"] == pytest.approx(m["summary/avg_ram_power_w"], rel=0.02)  # a constant model
+    assert run.data.tags["energy.idle_method"].startswith("measured idle for 2")
+    assert "no GPU" in run.data.tags["energy.idle_method"]
+    # An idle power above what the run drew leaves no dynamic energy, never a negative one.
+    assert dynamic_energy_kwh(outcome.energy, IdlePower(2.0, 0.0, 1e6, 0.0, "")) == 0.0
+    from eemlflow.report import write_report
+
+    page = write_report(MlflowClient(store), Path.cwd() / "report").read_text()
+    idle_wh = (m["energy_consumed"] - m["summary/dynamic_energy_kwh"]) * 1000
+    assert "1 runs measured their devices idle before training" in page and f"{idle_wh:.4g} Wh" in page
+
+
+def test_a_bmc_node_meter_is_sampled_and_compared_with_codecarbons_total_before_pue(monkeypatch):
+    """On a simulated BMC (tests/simbmc/ipmitool: a node drawing 250 W), under the real CodeCarbon."""
+    from conftest import REPO
+
+    from eemlflow.measure.counters.bmc_dcmi import DcmiPowerIntegrator
+
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", f"{REPO / 'tests' / 'simbmc'}{os.pathsep}{path}")
+    monkeypatch.setenv("SIMBMC_WATTS", "250")
+    monitor = EnergyMonitor("USA", measure_power_secs=1, share_host=False, pue=1.2)
+    monitor.start()
+    monitor.begin_window("epoch")
+    time.sleep(2.5)
+    epoch = monitor.end_window("epoch")
+    result = monitor.stop(warn=False)
+    assert result.provenance.as_dict()["bmc_node_counter"].startswith("BMC DCMI power reading (ipmitool) every 1 s")
+    node = result.counters["bmc_node_energy_kwh"]
+    assert node == pytest.approx(250 * result.record.duration / 3.6e6, rel=0.02)
+    assert epoch.counters["bmc_node_energy_kwh"] == pytest.approx(250 * epoch.duration_s / 3.6e6, rel=0.02)
+    assert result.discrepancies()["bmc_node_energy_discrepancy_pct"] == pytest.approx(
+        (result.record.energy_consumed / 1.2 - node) / node * 100)
+    assert [s for s in result.suspicions if "off the BMC's DCMI power reading" in s]  # a few W here, not 250
+    monkeypatch.setenv("SIMBMC_FAIL", "1")
+    failing = DcmiPowerIntegrator()
+    assert not failing.available and failing.read_kwh() is None
+    assert failing.description.startswith("unavailable: ipmitool dcmi power reading: Could not open device")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert DcmiPowerIntegrator().description == "unavailable: no ipmitool on PATH (no BMC reading)"

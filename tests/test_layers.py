@@ -12,7 +12,8 @@ from conftest import REPO
 PACKAGE = REPO / "eemlflow"
 CLI_MODULES = {"eemlflow.command", "eemlflow.train", "eemlflow.export", "eemlflow.ingest", "eemlflow.runs",
                "eemlflow.sweep.__main__", "eemlflow.cli", "eemlflow.progress", "eemlflow.report.__main__"}
-FLOORS = {"errors", "atomic", "lazy", "training", "measure", "store", "report", "sweep", "runner", "resume"}
+FLOORS = {"errors", "atomic", "lazy", "training", "measure", "store", "compare", "report", "sweep", "runner",
+          "resume"}
 ALLOWED = {  # a floor (subpackage or top-level library module) -> the floors it may import
     "errors": set(),
     "atomic": set(),
@@ -20,8 +21,9 @@ ALLOWED = {  # a floor (subpackage or top-level library module) -> the floors it
     "training": {"errors", "atomic", "lazy", "training"},
     "measure": {"errors", "atomic", "lazy", "measure"},
     "store": {"errors", "atomic", "lazy", "training", "measure", "store"},
-    "report": {"errors", "atomic", "lazy", "measure", "store", "report"},
-    "sweep": {"errors", "atomic", "lazy", "training", "measure", "store", "report", "sweep"},
+    "compare": {"errors", "atomic", "lazy", "measure", "store", "compare"},
+    "report": {"errors", "atomic", "lazy", "measure", "store", "compare", "report"},
+    "sweep": {"errors", "atomic", "lazy", "training", "measure", "store", "compare", "report", "sweep"},
     "resume": {"errors", "atomic", "lazy", "training", "store"},
     "runner": {"errors", "atomic", "lazy", "training", "measure", "store", "resume"},
 }
@@ -100,7 +102,7 @@ def test_no_library_module_imports_a_command_line_module():
         assert not imported, f"{module_name(path)} imports the command-line module(s) {imported}"
 
 
-@pytest.mark.parametrize("subpackage", ["training", "measure", "store", "report", "sweep"])
+@pytest.mark.parametrize("subpackage", ["training", "measure", "store", "compare", "report", "sweep"])
 def test_every_subpackage_says_what_it_owns_and_may_import(subpackage):
     doc = importlib.import_module(f"eemlflow.{subpackage}").__doc__ or ""
     assert "Owns" in doc and "import" in doc, doc

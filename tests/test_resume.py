@@ -279,7 +279,7 @@ def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settin
     run.finish("KILLED")
     client = MlflowClient(store)
     assert set(OTHER_CELL) == set(settings_of(RESULT))
-    for name, value in OTHER_CELL.items():  # each of the 13 result settings, given another value
+    for name, value in OTHER_CELL.items():  # each of the 14 result settings, given another value
         with pytest.raises(EemlflowError, match=f"cannot resume run {run.run_id} with {name} "):
             resume_config(client, {"resume": run.run_id, name: str(value)})
     same = resume_config(client, {"resume": run.run_id, "epochs": "3", "lr": "", "model": None})

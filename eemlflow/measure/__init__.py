@@ -4,9 +4,9 @@ Owns CodeCarbon's tracker behind Zeus-style begin/end windows (``energy``: ``Ene
 windows return (``readings``: ``EnergyReading``, ``EnergyResult``, ``Provenance``, resumed segments), the rules
 that make figures suspect (``suspicion``), the hardware counters CodeCarbon is checked against (``counters``:
 NVML, RAPL), NVIDIA's library opened in one place (``nvml``), the share of a host's CPU and RAM charged to each of
-its concurrent trainings (``host_share``), unit factors (``units``), a run's projected totals and its budgets
-(``projection``) and the choice of the GPU to measure (``gpu_ids``). May import ``eemlflow.errors``,
-``eemlflow.atomic``, CodeCarbon and NVML; nothing of training, MLflow or the CLIs.
+its concurrent trainings (``host_share``), the devices' idle baseline (``idle``), unit factors (``units``), a run's
+projected totals and its budgets (``projection``) and the choice of the GPU to measure (``gpu_ids``). May import
+``eemlflow.errors``, ``eemlflow.atomic``, CodeCarbon and NVML; nothing of training, MLflow or the CLIs.
 """
 
 from eemlflow.lazy import lazy_exports

@@ -107,6 +107,7 @@ class EnergyMonitor:
         self._capture = _Capture()
         self._windows: dict[str, EnergyReading] = {}
         self._last: EnergyReading | None = None
+        self._started_unix_s: float | None = None
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code,
             project_name=project_name,
@@ -130,6 +131,7 @@ class EnergyMonitor:
         self._tracker.start()
         after = self._raw_counters()
         self._counter_base = self._clock.at("start", before, after, getattr(self._tracker, "_start_time", None))
+        self._started_unix_s = _unix(getattr(self._tracker, "_start_time", None))
         self._attribution = Attribution(HostLedger() if self._share_host else None)
         first = self._snapshot()
         if first is None:
@@ -188,6 +190,7 @@ class EnergyMonitor:
         """
         self._wait_for_device(final=True)
         counters = self._counters_around(self._tracker.stop)
+        ended_unix_s = _unix(getattr(self._tracker, "_last_measured_time", None))
         for counter in self._counters.values():
             counter.close()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
@@ -207,7 +210,9 @@ class EnergyMonitor:
                 totals[name] = sum(values)
         result = EnergyResult(record, self.provenance(), (), self.failure, counters=totals,
                               host_gpu_count=host.count, host_gpu_model=host.model,
-                              cpu_ram_share=self._attribution.share, other_gpu_pids=tuple(sorted(self._neighbours)))
+                              cpu_ram_share=self._attribution.share, other_gpu_pids=tuple(sorted(self._neighbours)),
+                              window_unix_s=(self._started_unix_s, ended_unix_s)
+                              if self._started_unix_s is not None and ended_unix_s is not None else None)
         suspect = tuple(suspicions(result, bool(self.gpu_ids))) if record is not None else ()
         if self._sync_failure and record is not None:
             suspect += (f"the device did not finish its queued work before the final reading ({self._sync_failure}): "
@@ -290,6 +295,12 @@ class EnergyMonitor:
 
 
 _ZERO = EnergyReading(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _unix(perf_counter_s: float | None) -> float | None:
+    """A moment of CodeCarbon's clock (``time.perf_counter``) as Unix time, s: where an external meter's samples
+    are lined up with the window."""
+    return None if perf_counter_s is None else time.time() - (time.perf_counter() - perf_counter_s)
 
 
 def _children() -> set[int]:

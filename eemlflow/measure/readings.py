@@ -120,6 +120,7 @@ class EnergyResult:
     host_gpu_model: str | None = None
     cpu_ram_share: float = 1.0  # the share of the host's CPU and RAM energy charged to this run (1: all of it)
     other_gpu_pids: tuple[tuple[int, int], ...] = ()  # (physical GPU, pid) of other processes computing on it
+    window_unix_s: tuple[float, float] | None = None  # when this process's measurement began and ended, Unix s
 
     @property
     def reading(self) -> EnergyReading | None:

@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=DEFAULT_OUTPUT,
                    help=f"folder for report.html and the figures (default {DEFAULT_OUTPUT}/)")
     p.add_argument("--title", default=None, help="the page's title (default: names the experiments)")
+    p.add_argument("--target", action="append", default=[], metavar="TOP1",
+                   help="a target top-1 in %% for the energy-to-target tables (repeatable, or comma-separated; "
+                        "default: each dataset's best top-1 minus 1, 2 and 5 points)")
     add_verbose(p)
     return p
 
@@ -29,13 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args, console = begin(build_parser(), argv)
     try:
+        from eemlflow.compare.to_target import parse_targets
         from eemlflow.report import write_report
         from eemlflow.store import connect
 
+        targets = parse_targets(args.target)
         client = connect(args.tracking_uri)
         with progress_bar(console, "reading runs") as update:
             experiments = [e for e in args.experiment or [] if e.strip()] or None  # `mlflow run -e report` passes ''
-            path = write_report(client, args.output, experiments, title=args.title, progress=update)
+            path = write_report(client, args.output, experiments, title=args.title, progress=update,
+                                targets=targets)
     except EemlflowError as e:
         return print_error(console, e)
     except OSError as e:

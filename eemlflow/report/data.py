@@ -1,5 +1,6 @@
-"""What a report reads from a tracking store: every FINISHED row with its efficiency figures and provenance, and
-the per-epoch history of the runs on a Pareto front (the only per-run requests a report makes)."""
+"""What a report reads from a tracking store: every FINISHED row with its efficiency figures and provenance, each
+trained run's per-epoch history (one request per metric and run), and from them each run's energy to the report's
+target accuracies (``compare.to_target``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pandas as pd
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
 
+from eemlflow.compare.history import epoch_history
+from eemlflow.compare.to_target import add_to_target, default_targets
 from eemlflow.store import schema
 from eemlflow.store.export import collect_rows
 
@@ -26,11 +29,14 @@ CURVES_PER_DATASET = 8  # Pareto runs whose per-epoch history is drawn, per data
 
 @dataclass
 class ReportData:
-    """The rows (study columns, extras, efficiency, provenance tags, ``family``) and Pareto runs' histories."""
+    """The rows (study columns, extras, efficiency, provenance tags, ``family``, each target's columns), the trained
+    runs' per-epoch histories and the targets of each dataset (top-1, %)."""
 
     runs: pd.DataFrame
     experiments: list[str]
-    histories: dict[str, pd.DataFrame] = field(default_factory=dict)  # run id -> step, top1, energy per epoch
+    histories: dict[str, pd.DataFrame] = field(default_factory=dict)  # run id -> its per-epoch history
+    targets: dict[str, list[float]] = field(default_factory=dict)  # dataset -> target top-1 values
+    targets_given: bool = False  # the user's targets, or picked from the data (best top-1 minus 1, 2, 5 points)
 
 
 def model_family(model: str | None) -> str:
@@ -40,29 +46,28 @@ def model_family(model: str | None) -> str:
 
 
 def load(client: MlflowClient, experiments: Sequence[str] | None = None, where: str = "",
-         progress: Callable[[int], None] | None = None) -> ReportData:
-    """FINISHED rows of ``experiments`` (all when None) matching ``where``, with the Pareto runs' histories."""
+         progress: Callable[[int], None] | None = None, targets: Sequence[float] = ()) -> ReportData:
+    """FINISHED rows of ``experiments`` (all when None) matching ``where``, with their histories and each
+    dataset's energy to ``targets`` (when empty: its best top-1 minus 1, 2 and 5 points)."""
     runs = collect_rows(client, experiments, with_extras=True, tags=PROVENANCE_TAGS, where=where, progress=progress)
     runs["family"] = [model_family(m) for m in runs["model"]]
-    data = ReportData(runs, list(experiments) if experiments else sorted(set(runs["experiment_name"].dropna())))
-    for _, group in runs[runs["pareto"] == True].groupby("dataset", dropna=False):  # noqa: E712 (object column)
-        for run_id in group.sort_values("energy_consumed")["run_id"].head(CURVES_PER_DATASET):
-            history = _history(client, run_id)
-            if history is not None:
-                data.histories[run_id] = history
+    data = ReportData(runs, list(experiments) if experiments else sorted(set(runs["experiment_name"].dropna())),
+                      targets_given=bool(targets))
+    trained = runs[runs[schema.ROW_TAG] == "train"]["run_id"] if schema.ROW_TAG in runs else []
+    for run_id in trained:
+        history = epoch_history(client, run_id)
+        if history is not None:
+            data.histories[run_id] = history
+    for dataset, group in runs.groupby("dataset", dropna=False):
+        data.targets[str(dataset)] = list(targets) or default_targets(list(pd.to_numeric(group["eval_top1"])))
+    every = sorted({t for values in data.targets.values() for t in values})
+    data.runs = add_to_target(runs, data.histories, every)
     return data
 
 
-def _history(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
-    """Per-epoch top-1 (%) and energy (kWh) of a trained run; None for an ingested row (it has no history)."""
-    try:
-        top1 = client.get_metric_history(run_id, schema.EPOCH.eval_top1)
-        energy = client.get_metric_history(run_id, schema.EPOCH.energy_kwh)
-    except Exception:  # an ingested row keeps its original run id, which the store does not know
-        return None
-    if not top1:
-        return None
-    frame = pd.DataFrame({"epoch": [m.step for m in top1], "top1": [m.value for m in top1]})
-    energies = {m.step: m.value for m in energy}
-    frame["energy_kwh"] = [energies.get(step) for step in frame["epoch"]]
-    return frame.sort_values("epoch").reset_index(drop=True)
+def curve_runs(data: ReportData, dataset: str) -> list[str]:
+    """The run ids whose per-epoch curves the report draws: the dataset's cheapest Pareto runs with a history."""
+    runs = data.runs
+    front = runs[(runs["dataset"] == dataset) & (runs["pareto"] == True)]  # noqa: E712 (object column)
+    ids = [r for r in front.sort_values("energy_consumed")["run_id"] if r in data.histories]
+    return ids[:CURVES_PER_DATASET]

@@ -6,6 +6,8 @@ draw), so the page can embed it and the same file ships beside the page.
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from eemlflow.compare.to_target import columns as to_target_columns  # noqa: E402
 from eemlflow.measure.units import WH_PER_KWH  # noqa: E402
 
 DPI = 110
@@ -78,9 +81,11 @@ def energy_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
                             aggfunc="mean").sort_index().sort_index(axis=1)
 
 
-def energy_heatmap(table: pd.DataFrame, dataset: str):
+def energy_heatmap(table: pd.DataFrame, dataset: str, title: str | None = None,
+                   unreached: pd.DataFrame | None = None):
     """The figure of ``energy_table``: a cell per model and (epochs, batch size), coloured on a log scale, its
-    energy written in it (Wh); combinations never trained stay blank. Legible from 1 cell to the study's 14 x 9."""
+    energy written in it (Wh); combinations never trained stay blank, those ``unreached`` marks (trained, but the
+    target was not reached) say so. Legible from 1 cell to the study's 14 x 9."""
     from matplotlib.colors import LogNorm
 
     values = table.to_numpy(dtype=float)
@@ -93,14 +98,69 @@ def energy_heatmap(table: pd.DataFrame, dataset: str):
             shade = image.cmap(image.norm(kwh)) if norm else (1, 1, 1, 1)
             dark = sum(shade[:3]) < 1.5
             ax.text(j, i, format_wh(kwh), ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        elif unreached is not None and bool(unreached.iat[i, j]):
+            ax.text(j, i, "not\nreached", ha="center", va="center", fontsize=6, color="grey")
     ax.set_xticks(range(table.shape[1]))
     ax.set_xticklabels([f"e{e} b{b}" for e, b in table.columns], fontsize=8)
     ax.set_yticks(range(table.shape[0]))
     ax.set_yticklabels(table.index, fontsize=8)
     ax.set_xlabel("epochs and batch size")
     fig.colorbar(image, ax=ax, label="energy consumed (kWh)")
-    ax.set_title(f"{dataset}: energy per run (Wh in each cell; blank: not trained)", fontsize=10)
+    ax.set_title(title or f"{dataset}: energy per run (Wh in each cell; blank: not trained)", fontsize=10)
     return fig
+
+
+def to_target_heatmap(runs: pd.DataFrame, dataset: str, target: float, folder: Path) -> Path | None:
+    """One dataset's mean energy to reach ``target`` % top-1, per model and (epochs, batch size)."""
+    column = to_target_columns(target)
+    rows = runs[runs["dataset"] == dataset].copy()
+    rows = rows[rows[column["epoch"]].notna()]  # runs with a per-epoch history
+    if rows.empty:
+        return None
+    rows["epochs"] = rows["epochs"].astype(int)
+    rows["batch_size"] = rows["batch_size"].astype(int)
+    rows["kwh"] = pd.to_numeric(rows[column["energy_kwh"]], errors="coerce")
+    table = rows.pivot_table(index="model", columns=["epochs", "batch_size"], values="kwh", aggfunc="mean",
+                             dropna=False).sort_index().sort_index(axis=1)
+    trained = rows.pivot_table(index="model", columns=["epochs", "batch_size"], values="run_id", aggfunc="count",
+                               dropna=False).reindex_like(table).fillna(0) > 0
+    title = (f"{dataset}: energy to reach {target:g} % top-1 (Wh, mean of the repeats that reached it; "
+             "blank: not trained)")
+    return _save(energy_heatmap(table, dataset, title, unreached=trained & table.isna()),
+                 folder / f"energy_to_{target:g}_{dataset}.png")
+
+
+def pareto_means(cells: pd.DataFrame, dataset: str, folder: Path) -> Path | None:
+    """Top-1 vs energy of one dataset's cells (``compare.repeats.by_cell`` rows): the means, with their 95 %
+    intervals as error bars, and the Pareto front drawn on the means."""
+    rows = cells[cells["dataset"] == dataset]
+    rows = rows[pd.to_numeric(rows["energy_consumed_mean"], errors="coerce") > 0]
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    x = rows["energy_consumed_mean"].astype(float).to_numpy()
+    y = rows["eval_top1_mean"].astype(float).to_numpy()
+
+    def half(prefix: str, mean) -> np.ndarray:
+        high = pd.to_numeric(rows[f"{prefix}_ci95_high"], errors="coerce").to_numpy(dtype=float)
+        return np.nan_to_num(high - mean, nan=0.0)
+
+    ax.errorbar(x, y, xerr=half("energy_consumed", x), yerr=half("eval_top1", y), fmt="o", markersize=4, capsize=3,
+                color="#3366aa", ecolor="#99aacc", label="cell mean, 95 % interval")
+    front = rows[rows["pareto"] == True].sort_values("energy_consumed_mean")  # noqa: E712 (object column)
+    if not front.empty:
+        ax.step(front["energy_consumed_mean"].astype(float), front["eval_top1_mean"].astype(float), where="post",
+                color="black", linewidth=1.2, label="Pareto front of the means")
+    for _, row in rows.iterrows():
+        ax.annotate(f"{_label(row)} n={row['n']}", (float(row["energy_consumed_mean"]), float(row["eval_top1_mean"])),
+                    fontsize=7, xytext=(4, -10), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("energy consumed, mean of the repeats (kWh, log scale)")
+    ax.set_ylabel("top-1 accuracy, mean of the repeats (%)")
+    ax.set_title(f"{dataset}: top-1 vs energy, {len(rows)} cells, {int(rows['n'].sum())} runs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, folder / f"pareto_means_{dataset}.png")
 
 
 def format_wh(kwh: float) -> str:
@@ -127,6 +187,12 @@ def epoch_curves(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], dataset
     top.legend(fontsize=7)
     fig.suptitle(f"{dataset}: per-epoch curves of the Pareto runs")
     return _save(fig, folder / f"curves_{dataset}.png")
+
+
+def embedded(path: Path) -> str:
+    """The HTML that shows a written figure inside the page (a data URI: the page stays one file)."""
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<p><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{encoded}'></p>"
 
 
 def _save(fig, path: Path) -> Path:

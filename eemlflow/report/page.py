@@ -3,7 +3,6 @@ sort the table, nothing fetched), written atomically beside its PNG figures."""
 
 from __future__ import annotations
 
-import base64
 import html
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -17,8 +16,8 @@ if TYPE_CHECKING:  # for type hints only
 
 from eemlflow.atomic import atomic_write
 from eemlflow.measure.units import WH_PER_KWH
-from eemlflow.report import figures
-from eemlflow.report.data import ReportData, load
+from eemlflow.report import comparisons, figures
+from eemlflow.report.data import ReportData, curve_runs, load
 from eemlflow.report.statement import NOT_RECORDED, measurement_statement, methods, suspects, totals
 from eemlflow.store.efficiency import UNITS
 
@@ -42,9 +41,10 @@ rows.forEach(r=>body.appendChild(r))}));"""
 
 def write_report(client: MlflowClient, output: str | Path, experiments: Sequence[str] | None = None,
                  where: str = "", title: str | None = None,
-                 progress: Callable[[int], None] | None = None) -> Path:
-    """Read the runs and write ``output/report.html`` and its PNG figures; returns the HTML file's path."""
-    data = load(client, experiments, where, progress)
+                 progress: Callable[[int], None] | None = None, targets: Sequence[float] = ()) -> Path:
+    """Read the runs and write ``output/report.html`` and its PNG figures; returns the HTML file's path.
+    ``targets``: top-1 values (%) for the energy-to-target tables (default: picked from each dataset's data)."""
+    data = load(client, experiments, where, progress, targets)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     page = render(data, folder, title or f"eemlflow report: {', '.join(data.experiments) or 'no experiment'}")
@@ -61,16 +61,21 @@ def render(data: ReportData, folder: Path, title: str) -> str:
              f"<p>{len(runs)} FINISHED runs in {html.escape(', '.join(data.experiments))}; generated "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by eemlflow from the tracking store.</p>"]
     parts += _totals_section(runs)
+    parts += comparisons.idle_section(runs)
+    cells = comparisons.cells(data)
     for dataset in datasets:
         parts.append(f"<h2>{html.escape(dataset)}</h2>")
         for draw in (figures.pareto_plot, figures.energy_by_model):
             png = draw(runs, dataset, folder)
             if png:
-                parts.append(_image(png))
-        curves = figures.epoch_curves(runs, data.histories, dataset, folder)
-        parts.append(_image(curves) if curves else
+                parts.append(figures.embedded(png))
+        drawn = {run_id: data.histories[run_id] for run_id in curve_runs(data, dataset)}
+        curves = figures.epoch_curves(runs, drawn, dataset, folder)
+        parts.append(figures.embedded(curves) if curves else
                      "<p>Per-epoch curves: these runs have no per-epoch history in the store (rows ingested from a "
                      "published CSV carry final figures only).</p>")
+        parts += comparisons.repeats_section(cells, dataset, folder)
+        parts += comparisons.to_target_section(data, cells, dataset, folder)
     parts.append("<h2>Efficiency, run by run</h2><p>Click a heading to sort. Units: "
                  + ", ".join(f"{k} in {u}" for k, u in UNITS.items() if u) + ". Pareto runs are highlighted.</p>")
     parts.append(_table(runs))
@@ -79,11 +84,6 @@ def render(data: ReportData, folder: Path, title: str) -> str:
                  f"{html.escape(measurement_statement(runs))}</p>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}<script>{SORT_SCRIPT}</script></body></html>")
-
-
-def _image(path: Path) -> str:
-    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"<p><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{encoded}'></p>"
 
 
 def _totals_section(runs: pd.DataFrame) -> list[str]:

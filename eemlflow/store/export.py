@@ -106,12 +106,14 @@ CELL_COLUMNS = ("model", "dataset", "epochs", "batch_size", "lr")
 
 def duplicate_cells(frame: pd.DataFrame) -> list[str]:
     """One line per set of settings that more than one row shares (a cell trained twice); with a ``status``
-    column (``--with-extras``), FINISHED rows only."""
+    column (``--with-extras``), FINISHED rows only; with a ``seed`` column, repeats with other seeds are no
+    duplicates."""
     if "status" in frame:
         frame = frame[frame["status"] == FINISHED]
+    keys = [*CELL_COLUMNS, *(["seed"] if "seed" in frame else [])]
     found = []
-    for settings, group in frame.groupby(list(CELL_COLUMNS), dropna=False):
+    for settings, group in frame.groupby(keys, dropna=False):
         if len(group) > 1:
-            label = ", ".join(f"{k}={v}" for k, v in zip(CELL_COLUMNS, settings))
+            label = ", ".join(f"{k}={v}" for k, v in zip(keys, settings))
             found.append(f"{len(group)} FINISHED runs share {label}: {', '.join(group['run_id'])}")
     return found

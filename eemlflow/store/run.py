@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from eemlflow.errors import EemlflowError
+from eemlflow.measure.idle import IdlePower
 from eemlflow.measure.projection import Projection, projection_error_pct
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.store import StoreWriter, convert, experiment_id_for, schema
@@ -30,7 +31,7 @@ from eemlflow.store.data_record import dataset_params, mlflow_dataset
 from eemlflow.store.system_metrics import start_system_metrics
 from eemlflow.store.urls import EXPERIMENT_KIND_TAG, TRAINING_KIND, run_url, ui_hint
 from eemlflow.store.writer import now_ms, spool_path_for, with_retries
-from eemlflow.training.config import CHECKPOINT_DIR, TrainConfig
+from eemlflow.training.config import CHECKPOINT_DIR, TrainConfig, settings_key
 from eemlflow.training.data import ImageData
 from eemlflow.training.recipe import EpochResult
 
@@ -63,6 +64,7 @@ class TrainingRun:
         self.writer = StoreWriter(client, run_id, spool_path_for(run_id, spool_root))
         self._system: SystemMetricsMonitor | None = None
         self.experiment_id = ""
+        self._segment = 1  # the process training the run now (``log_segment``)
 
     @property
     def url(self) -> str:
@@ -112,6 +114,7 @@ class TrainingRun:
 
     def log_segment(self, number: int, host: str, pid: int, started: str) -> None:
         """Which process trains the run now: segment 1 is the first, each resume adds one."""
+        self._segment = number
         self._log(tags={schema.SEGMENTS_TAG: str(number),
                         schema.SEGMENT_TAG.format(n=number): f"host={host} pid={pid} start={started}"})
 
@@ -137,6 +140,7 @@ class TrainingRun:
         })
         tags = {
             schema.ROW_TAG: "train",
+            schema.REPEAT_KEY_TAG: settings_key(cfg, data.digest or None, without=("seed",)),
             schema.NOTE_TAG: _description(cfg, data, device, input_size),
             **environment,
         }
@@ -246,6 +250,17 @@ class TrainingRun:
         if energy.suspicions:
             tags[schema.ENERGY_SUSPECT_TAG] = " | ".join(energy.suspicions)
         self._log(params=params, metrics=metrics, tags=tags)
+        if energy.window_unix_s is not None:
+            start, end = energy.window_unix_s
+            self._log(metrics={schema.WINDOW_START_METRIC: start, schema.WINDOW_END_METRIC: end},
+                      step=self._segment)
+
+    def log_idle(self, idle: IdlePower, dynamic_kwh: float | None, cpu_ram_share: float) -> None:
+        """The idle baseline's powers (W), the idle power charged to the run and its dynamic energy (kWh)."""
+        metrics = {"idle_cpu_power_w": idle.cpu_w, "idle_gpu_power_w": idle.gpu_w, "idle_ram_power_w": idle.ram_w,
+                   "idle_power_w": idle.charged_w(cpu_ram_share), "dynamic_energy_kwh": dynamic_kwh}
+        self._log(metrics={schema.BY_NAME[k].key: v for k, v in metrics.items() if v is not None},
+                  tags={schema.IDLE_METHOD_TAG: idle.method})
 
     def log_model(self, model: Any, example: Any, register_as: str | None = None) -> None:
         """The trained model as the run's ``model``, or why it could not be logged (``store.model``)."""

@@ -143,6 +143,19 @@ EXTRAS: tuple[Column, ...] = (
     Column("status", "info", str, doc="MLflow run status"),
     Column("train_images", "param", int,
            doc="training-set images (an epoch's, before the last partial batch is dropped)"),
+    *(Column(f"idle_{part}_power_w", "metric", float, "W", f"the {part.upper()}'s power idle before training "
+             "(idle_baseline_s)", mlflow_key=f"summary/idle_{part}_power_w") for part in ("cpu", "gpu", "ram")),
+    Column("idle_power_w", "metric", float, "W", "the idle power charged to the run (GPU + share x (CPU + RAM))",
+           mlflow_key="summary/idle_power_w"),
+    Column("dynamic_energy_kwh", "metric", float, "kWh", "energy_consumed - idle_power_w x duration, never below 0",
+           mlflow_key="summary/dynamic_energy_kwh"),
+    Column("meter_energy_kwh", "metric", float, "kWh", "an external meter's energy over the run's measured window "
+           "(runs attach-meter)", mlflow_key="summary/meter_energy_kwh"),
+    Column("meter_discrepancy_pct", "metric", float, "%", "(energy_consumed / pue - meter) / meter",
+           mlflow_key="summary/meter_discrepancy_pct"),
+    Column("seed", "param", int, doc="the run's random seed (repeats of one cell differ in it alone)"),
+    Column("repeat_key", "tag", str, doc="a digest of every setting that changes the result but the seed: the same "
+           "on the repeats of one cell", mlflow_key="eemlflow.repeat_key"),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
@@ -161,14 +174,19 @@ SYNTHETIC_TAG = "eemlflow.synthetic"
 INPUT_NOT_RECORDED_TAG = "eemlflow.input_not_recorded.{context}"  # a dataset input the store refused
 ENERGY_TAG_PREFIX = "energy."  # + a ``Provenance`` field: how each figure was obtained
 ENERGY_FAILURE_TAG = "energy.failure"
+IDLE_METHOD_TAG = "energy.idle_method"  # how the idle baseline was measured
 ENERGY_SUSPECT_TAG = "energy.suspect"
 HEARTBEAT_TAG = "eemlflow.heartbeat"  # JSON: host, pid, time, epoch, energy_kwh (see store/liveness.py)
+REPEAT_KEY_TAG = BY_NAME["repeat_key"].key
 SEGMENTS_TAG = "eemlflow.segments"  # how many processes trained the run (1 + resumes)
 SEGMENT_TAG = "eemlflow.segment.{n}"  # "host=... pid=... start=..." of segment n (from 1)
 MODEL_TAG = "eemlflow.model"  # the logged model's URI (log_model=true)
 MODEL_ERROR_TAG = "eemlflow.model_error"  # why it could not be logged (the run still FINISHED)
 RESUMED_RUN_TAG = "eemlflow.resumed_run"  # on a launcher's run that resumed another one
 STOPPED_TAG = "eemlflow.stopped"  # why a budget stopped the run (it ends KILLED, resumable with a larger one)
+# When each segment's measurement began and ended (Unix s, step = segment number): where a meter is lined up.
+WINDOW_START_METRIC, WINDOW_END_METRIC = "window/start_unix_s", "window/end_unix_s"
+METER_TAG = "meter.description"  # the external meter attached to the run (runs attach-meter)
 LOST_ENERGY_METRIC = "lost_energy_kwh"  # measured before a kill but after the last checkpoint (not in the total)
 # A sweep's tags: on each child (cell, attempt) and on the parent (sweep).
 CELL_TAG = "eemlflow.cell_id"
@@ -209,6 +227,7 @@ class _EpochKeys:
     emissions_kg: str = "epoch_energy/emissions_kg"
     duration_s: str = "epoch_energy/duration_s"
     j_per_image: str = "epoch_energy/j_per_image"
+    meter_energy_kwh: str = "epoch_energy/meter_energy_kwh"  # an external meter's, attached after the run
     energy_so_far_kwh: str = "epoch_energy/energy_so_far_kwh"
     emissions_so_far_kg: str = "epoch_energy/emissions_so_far_kg"
     duration_so_far_s: str = "epoch_energy/duration_so_far_s"

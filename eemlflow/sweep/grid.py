@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import hashlib
 import itertools
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import yaml
 
 from eemlflow.errors import EemlflowError
 from eemlflow.training import TrainConfig, check_available, check_model_name
-from eemlflow.training.config import BUDGET, EXECUTION, settings_of
+from eemlflow.training.config import BUDGET, EXECUTION, settings_key, settings_of
 from eemlflow.training.datasets import dataset_spec
 
 # Settings that do not change a cell's result (where data and checkpoints live, how fast, what to resume, and the
@@ -35,12 +34,8 @@ class Cell:
 
     @functools.cached_property
     def cell_id(self) -> str:
-        settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in EXECUTION_ONLY}
-        settings["country_iso_code"] = self.config.country  # the default country is the same cell as naming it
         digest = self.data_digest or dataset_spec(self.config.dataset).content_digest(self.config.data_dir)
-        if digest is not None:  # a folder: its content, wherever it lives (data_dir is not part of the cell)
-            settings["dataset_digest"] = digest
-        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_key(self.config, digest)
 
     def command(self) -> list[str]:
         """The ``eemlflow.train`` command line for this cell (every setting spelled out)."""

@@ -7,7 +7,9 @@ The MLproject, the ``python -m eemlflow.train`` command line and the sweep all b
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,7 @@ class TrainConfig:
     energy_budget_kwh: float | None = _setting(None, BUDGET)
     emissions_budget_kg: float | None = _setting(None, BUDGET)
     time_budget_s: float | None = _setting(None, BUDGET)
+    idle_baseline_s: float | None = _setting(None, EXECUTION)
     log_model: bool = _setting(False, EXECUTION)
     register_as: str | None = _setting(None, EXECUTION)
 
@@ -109,6 +112,9 @@ class TrainConfig:
         for name in BUDGET_SETTINGS.values():
             value = getattr(self, name)
             _check(value is None or value > 0, f"{name} must be a positive number (or empty: no limit), got {value}")
+        _check(self.idle_baseline_s is None or 0 < self.idle_baseline_s <= 3600,
+               f"idle_baseline_s must be a number of seconds up to 3600 (or empty: no baseline), got "
+               f"{self.idle_baseline_s}")
         if self.country_iso_code is not None:
             _check_country(self.country_iso_code)
         _check(self.register_as is None or self.log_model,
@@ -170,6 +176,25 @@ class TrainConfig:
                 continue
             kwargs[key] = _parse(key, raw, fields[key].type)
         return cls(**kwargs)
+
+
+# Result settings added after sweeps began to be keyed by their settings: left out of the key at their default, so
+# that the cells of grids written before them keep their ids (and their trained runs).
+_LATER_SETTINGS: dict[str, Any] = {"pue": 1.0}
+
+
+def settings_key(cfg: TrainConfig, data_digest: str | None = None, without: Sequence[str] = ()) -> str:
+    """A digest of the settings that change what ``cfg`` computes or measures (the ``RESULT`` ones, the default
+    country named, a folder's content digest; ``without`` left out): a sweep cell's id, and with ``without=("seed",)``
+    what the repeats of one cell share."""
+    settings = {k: getattr(cfg, k) for k in settings_of(RESULT) if k not in without}
+    settings["country_iso_code"] = cfg.country  # the default country is the same cell as naming it
+    for name, default in _LATER_SETTINGS.items():
+        if settings.get(name) == default:
+            del settings[name]
+    if data_digest is not None:  # a folder: its content, wherever it lives (data_dir is not part of the cell)
+        settings["dataset_digest"] = data_digest
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _parse(key: str, raw: Any, type_name: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eemlflow.measure.counters import nvml_energy, nvml_power, rapl
+from eemlflow.measure.counters import bmc_dcmi, nvml_energy, nvml_power, rapl
 from eemlflow.measure.counters.base import CounterSpec, EnergyCounter, NullCounter
 from eemlflow.measure.counters.nvml_energy import NvmlEnergyCounter
 from eemlflow.measure.counters.rapl import RaplEnergyCounter
@@ -18,6 +18,7 @@ REGISTRY: tuple[CounterSpec, ...] = (
     nvml_energy.SPEC,
     nvml_power.SPEC,
     rapl.SPEC,
+    bmc_dcmi.SPEC,
 )
 BY_NAME: dict[str, CounterSpec] = {spec.name: spec for spec in REGISTRY}
 

@@ -48,7 +48,8 @@ class CounterSpec:
 
     ``name`` is the figure's name in readings, checkpoints and the exported extras (``summary/<name>`` over the
     run, ``epoch_energy/<name>`` per epoch); ``checks`` is the part of CodeCarbon's figures it is compared with
-    (``gpu`` or ``cpu``: ``gpu_energy`` measured by CodeCarbon's ``GPU`` object); ``open`` makes the counter for a
+    (``gpu`` or ``cpu``: ``gpu_energy`` measured by CodeCarbon's ``GPU`` object; ``total``: ``energy_consumed``, a
+    node meter's, placed at CodeCarbon's own clock); ``open`` makes the counter for a
     training's physical GPUs (empty for a CPU training) when the run's window opens.
     """
 
@@ -62,18 +63,19 @@ class CounterSpec:
     provenance: str = ""  # the ``energy.<...>`` tag that says what was read; "<name minus _energy_kwh>_counter"
 
     def __post_init__(self) -> None:
-        if self.checks not in ("gpu", "cpu"):
-            raise ValueError(f"counter {self.name!r} checks {self.checks!r}: it must check gpu or cpu energy")
+        if self.checks not in ("gpu", "cpu", "total"):
+            raise ValueError(f"counter {self.name!r} checks {self.checks!r}: it must check gpu, cpu or total energy")
         stem = self.name.removesuffix("_kwh")
         object.__setattr__(self, "discrepancy", self.discrepancy or f"{stem}_discrepancy_pct")
         object.__setattr__(self, "provenance", self.provenance or f"{stem.removesuffix('_energy')}_counter")
 
     @property
     def codecarbon_figure(self) -> str:
-        """CodeCarbon's field it is compared with: ``gpu_energy`` or ``cpu_energy`` (kWh)."""
-        return f"{self.checks}_energy"
+        """CodeCarbon's field it is compared with: ``gpu_energy``, ``cpu_energy`` or ``energy_consumed`` (kWh)."""
+        return "energy_consumed" if self.checks == "total" else f"{self.checks}_energy"
 
     @property
     def hardware(self) -> str:
-        """CodeCarbon's hardware class that reads the same thing (``GPU``, ``CPU``), whose reads it is timed to."""
-        return self.checks.upper()
+        """CodeCarbon's hardware class that reads the same thing (``GPU``, ``CPU``), whose reads it is timed to;
+        ``total`` for a node meter, which no one class reads (it is placed at CodeCarbon's clock)."""
+        return self.checks if self.checks == "total" else self.checks.upper()
