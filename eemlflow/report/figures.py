@@ -30,7 +30,9 @@ def _family_colours(families) -> dict[str, tuple]:
 
 
 def _label(row) -> str:
-    return f"{row['model']} b{row['batch_size']} e{row['epochs']}"
+    seed = row.get("seed")
+    return f"{row['model']} b{row['batch_size']} e{row['epochs']}" + ("" if seed is None or pd.isna(seed) else
+                                                                       f" s{seed}")
 
 
 def pareto_plot(runs: pd.DataFrame, dataset: str, folder: Path) -> Path | None:
@@ -124,8 +126,7 @@ def to_target_heatmap(runs: pd.DataFrame, dataset: str, target: float, folder: P
                              dropna=False).sort_index().sort_index(axis=1)
     trained = rows.pivot_table(index="model", columns=["epochs", "batch_size"], values="run_id", aggfunc="count",
                                dropna=False).reindex_like(table).fillna(0) > 0
-    title = (f"{dataset}: energy to reach {target:g} % top-1 (Wh, mean of the repeats that reached it; "
-             "blank: not trained)")
+    title = f"{dataset}: energy to reach {target:g} % top-1\n(Wh, mean of the repeats that reached it)"
     return _save(energy_heatmap(table, dataset, title, unreached=trained & table.isna()),
                  folder / f"energy_to_{target:g}_{dataset}.png")
 
