@@ -24,7 +24,7 @@ from typing import Protocol
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.measure.gpu_ids import measured_gpu_ids
-from eemlflow.measure.idle import IdlePower, dynamic_energy_kwh, measure_idle
+from eemlflow.measure.idle import IdlePower, dynamic_energy_kwh, given_baseline, measure_idle
 from eemlflow.measure.projection import Budgets, Projection, Projector
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.resume import ResumePoint, prepare_resume
@@ -128,8 +128,9 @@ def train_run(
                 restore(recipe, point.checkpoint)
                 run.log_lost_energy(point.lost_energy_kwh)
             run.log_setup(cfg, data, str(device), recipe.input_size, environment(device), inputs=point is None)
-            if cfg.idle_baseline_s:
-                idle = measure_idle(cfg.idle_baseline_s, cfg.country, gpu_ids, cfg.pue, synchronizer(device))
+            if cfg.idle_baseline_s:  # the sweep's, measured on these devices before its first cell, or our own
+                idle = (given_baseline(gpu_ids, cfg.pue, cfg.idle_baseline_s)
+                        or measure_idle(cfg.idle_baseline_s, cfg.country, gpu_ids, cfg.pue, synchronizer(device)))
             monitor = EnergyMonitor(
                 cfg.country, country_given=cfg.country_given,
                 measure_power_secs=cfg.measure_power_secs, pue=cfg.pue, gpu_ids=gpu_ids,

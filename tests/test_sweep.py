@@ -35,7 +35,7 @@ def runs(store: str, experiment: str):
 
 def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path, run_main):
     grid = tmp_path / "tiny.yaml"
-    grid.write_text(GRID)
+    grid.write_text(GRID.replace("measure_power_secs: 5}", "measure_power_secs: 5, idle_baseline_s: 2}"))
     # Two slots: on this GPU-less machine the children train on the CPU, two at a time.
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -58,6 +58,14 @@ def test_a_grid_runs_as_nested_children_and_resumes(store, tmp_path, run_main):
     assert spans[1][0] < spans[0][1]
     assert parent.data.metrics["sweep_energy_kwh"] > 0
     assert {r.data.tags["energy.country_source"] for r in children} == {"default"}  # the grid names no country
+    # The idle baseline: measured once per slot by the sweep before its first cell, and used by that slot's cell.
+    assert "measuring the idle baseline on 2 slot(s), 2 s each" in first.stderr
+    for child in children:
+        assert child.data.tags["energy.idle_method"].startswith("measured idle for 2"), child.data.tags
+        assert "by the sweep before its first cell" in child.data.tags["energy.idle_method"]
+        m = child.data.metrics
+        assert m["summary/dynamic_energy_kwh"] == pytest.approx(
+            m["energy_consumed"] - m["summary/idle_power_w"] * m["duration"] / 3.6e6)
     assert parent.data.metrics["sweep_energy_kwh"] == pytest.approx(
         sum(r.data.metrics["energy_consumed"] for r in children), rel=1e-9)
     assert parent.data.metrics["sweep_emissions_kg"] == pytest.approx(

@@ -11,12 +11,18 @@ temperature, which the training then changes.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from eemlflow.measure.readings import EnergyResult
 from eemlflow.measure.units import J_PER_KWH
+
+# A baseline measured by the sweep for the cells of one slot (JSON, ``shared_baseline``).
+IDLE_ENV = "EEMLFLOW_IDLE_BASELINE"
 
 
 @dataclass(frozen=True)
@@ -62,3 +68,21 @@ def dynamic_energy_kwh(result: EnergyResult, idle: IdlePower) -> float | None:
         return None
     idle_kwh = idle.charged_w(result.cpu_ram_share) * result.record.duration / J_PER_KWH
     return max(0.0, result.record.energy_consumed - idle_kwh)
+
+
+def shared_baseline(idle: IdlePower, gpu_ids: Sequence[int], pue: float, seconds: float) -> str:
+    """``IDLE_ENV``'s value for a baseline measured once and handed to the trainings on the same devices."""
+    return json.dumps({**dataclasses.asdict(idle), "gpu_ids": list(gpu_ids), "pue": pue, "requested_s": seconds})
+
+
+def given_baseline(gpu_ids: Sequence[int], pue: float, seconds: float) -> IdlePower | None:
+    """The baseline in ``IDLE_ENV`` where it was measured on these GPUs, at this PUE, for this long; else None
+    (the training measures its own)."""
+    try:
+        data = json.loads(os.environ.get(IDLE_ENV) or "null")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or (data.get("gpu_ids"), data.get("pue"), data.get("requested_s")) != (
+            list(gpu_ids), pue, seconds):
+        return None
+    return IdlePower(*(data[f.name] for f in dataclasses.fields(IdlePower)))

@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         status = KILLED
         return EXIT_INTERRUPTED
+    except EemlflowError as e:  # before any cell started (the slots' idle baseline): the parent ends FAILED
+        return print_error(console, e)
     finally:
         signal.signal(signal.SIGTERM, previous)
         executor.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from eemlflow.measure.idle import IDLE_ENV
 from eemlflow.measure.projection import projection_error_pct
 from eemlflow.measure.units import WH_PER_KWH
 from eemlflow.store.liveness import staleness
@@ -39,6 +40,7 @@ from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint
 from eemlflow.sweep.executors import Executor, Job
 from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
+from eemlflow.sweep.idle_process import idle_baselines
 from eemlflow.sweep.local_executor import LocalExecutor
 from eemlflow.sweep.tally import QuietReporter, SweepReporter, SweepView, Tally
 
@@ -81,6 +83,7 @@ class Sweep:
         self.slots = [Slot(gpu) for gpu in self.executor.slots]
         self.reporter = reporter or QuietReporter()
         self.logs = Path(tempfile.mkdtemp(prefix="eemlflow-sweep-"))
+        self.idle: dict[str | None, str] = {}  # slot -> the idle baseline measured there (``idle_process``)
 
     def run(self) -> Tally:
         """Train the grid's pending cells (retrying failed ones), wait for those a live process trains elsewhere;
@@ -90,6 +93,7 @@ class Sweep:
         self.reporter.note(f"sweep {self.grid.name}: {len(pending) + len(watched)} cells to train, {len(self.slots)} "
                            f"at a time ({self.executor.describe()})")
         attempts: Counter = Counter()
+        self._measure_idle([cell for cell, _ in pending])
         self.reporter.begin(self._view(tally, pending))
         try:
             last_watch = 0.0
@@ -177,6 +181,8 @@ class Sweep:
     def _start(self, slot: Slot, cell: Cell, attempt: int, resume: str | None = None) -> None:
         """A training process for ``cell``: in a new child run, or continuing run ``resume`` from its checkpoint."""
         env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_EXPERIMENT_ID": self.experiment_id}
+        if slot.gpu in self.idle:
+            env[IDLE_ENV] = self.idle[slot.gpu]
         command = cell.command()
         if resume:
             self.store.log_batch(resume, tags=[RunTag(ATTEMPT_TAG, str(attempt)),
@@ -200,6 +206,18 @@ class Sweep:
         slot.cell, slot.run_id, slot.started, slot.resumed = cell, run_id, time.time(), bool(resume)
         if resume:
             self.reporter.note(f"{cell.config.run_name}: resuming run {resume} from its checkpoint")
+
+    def _measure_idle(self, cells: Sequence[Cell]) -> None:
+        """Each slot's idle baseline, once, before any cell starts, for the cells that ask for one (the first such
+        cell's device, length and PUE; cells asking otherwise measure their own). Only where the slots are this
+        machine's: a cluster's cells measure their own."""
+        wanting = [c.config for c in cells if c.config.idle_baseline_s]
+        if not wanting or not self.executor.checks_data_here:
+            return
+        cfg = wanting[0]
+        self.reporter.note(f"measuring the idle baseline on {len(self.slots)} slot(s), {cfg.idle_baseline_s:g} s "
+                           "each, before the first cell")
+        self.idle = idle_baselines([slot.gpu for slot in self.slots], cfg)
 
     def _resumable(self, run_id: str) -> str | None:
         """``run_id`` when its checkpoint is here (the next attempt continues it), else None (train anew)."""
