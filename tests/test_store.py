@@ -74,6 +74,14 @@ def test_four_trainings_at_once_through_a_postgres_backed_server_and_a_round_tri
         assert typed(out) == typed(source)
 
 
+@needs_postgres
+def test_three_trainings_at_once_straight_at_a_fresh_postgres_database(tmp_path, run_main):
+    """No server between them: each training creates MLflow's schema itself unless another holds the advisory lock
+    (store/connect.py); without it the migrations of a fresh database collide."""
+    with postgres() as db:
+        many_at_once(db, tmp_path, "straight", run_main, n=3)
+
+
 ADMIN_PASSWORD = "Eemlflow-admin-Pass-2026!"
 
 
