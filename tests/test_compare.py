@@ -147,7 +147,7 @@ def test_a_meter_built_from_the_runs_own_timestamps_gives_its_energy_per_run_and
     [(start, end)] = windows(client, run_id)
     run = client.get_run(run_id)
     assert end - start == pytest.approx(run.data.metrics["duration"], abs=0.5)  # the window CodeCarbon measured
-    times = np.arange(start - 5, end + 5, 0.5)
+    times = np.arange(start - 5, end + 5, 0.1)  # a sample every 0.1 s: a gap over 0.3 s is refused
     meter = write_meter(tmp_path / "pdu.csv", times, "power_w", np.full(len(times), 250.0))
     result = run_main(runs_main, ["attach-meter", run_id, str(meter), "--description", "PDU outlet 7"],
                       tracking_uri=store)
@@ -168,11 +168,16 @@ def test_a_meter_built_from_the_runs_own_timestamps_gives_its_energy_per_run_and
     assert again.returncode == 0, again.stderr
     assert client.get_run(run_id).data.metrics["summary/meter_energy_kwh"] == pytest.approx(expected, rel=0.01)
 
+    # Cut relative to the window, whatever its length on this machine: the samples stop half way through it, or
+    # leave out its middle half.
+    middle = (start + end) / 2
+    short = times < middle
+    gap = (times < start + (end - start) / 4) | (times > end - (end - start) / 4)
     refusals = {
-        "short": (write_meter(tmp_path / "short.csv", times[times < end - 10], "power_w", np.full(
-            (times < end - 10).sum(), 250.0)), [], "do not cover the run's window"),
-        "gap": (write_meter(tmp_path / "gap.csv", times[(times < start + 2) | (times > start + 6)], "power_w",
-                            np.full(((times < start + 2) | (times > start + 6)).sum(), 250.0)), [], "leave a gap of"),
+        "short": (write_meter(tmp_path / "short.csv", times[short], "power_w", np.full(short.sum(), 250.0)), [],
+                  "do not cover the run's window"),
+        "gap": (write_meter(tmp_path / "gap.csv", times[gap], "power_w", np.full(gap.sum(), 250.0)), [],
+                "leave a gap of"),
         "zone": (wh, ["--timezone", "UTC"], "shifted by -5.5 h they would: a time zone or clock offset?"),
         "unit": (write_meter(tmp_path / "unit.csv", times, "reading", np.full(len(times), 1.0)), [],
                  "cannot tell the unit of column 'reading': give --unit"),
