@@ -9,7 +9,6 @@ its host with other trainings was charged part of the host's CPU and RAM, which 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ from eemlflow.errors import EemlflowError
 from eemlflow.measure.readings import discrepancy_pct
 from eemlflow.store import schema
 from eemlflow.store.status import RUNNING
+from eemlflow.store.writer import now_ms
 
 if TYPE_CHECKING:  # for type hints only
     from mlflow.tracking import MlflowClient
@@ -89,7 +89,7 @@ def log(client: MlflowClient, result: MeterResult, description: str) -> None:
     the meter's description as a tag."""
     from mlflow.entities import Metric, RunTag
 
-    now = int(time.time() * 1000)
+    now = now_ms()
     metrics = [Metric(schema.BY_NAME["meter_energy_kwh"].key, result.energy_kwh, now, 0)]
     if result.discrepancy_pct is not None:
         metrics.append(Metric(schema.BY_NAME["meter_discrepancy_pct"].key, result.discrepancy_pct, now, 0))

@@ -23,45 +23,22 @@ import dataclasses
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 
 from codecarbon import OfflineEmissionsTracker
-from codecarbon.output_methods.base_output import BaseOutput
 from codecarbon.output_methods.emissions_data import EmissionsData
 
+from eemlflow.measure.capture import Capture
 from eemlflow.measure.counters import REGISTRY, EnergyCounter, open_counters
 from eemlflow.measure.host_share import Attribution, HostLedger
 from eemlflow.measure.methods import RAM_METHOD, tracker_methods
 from eemlflow.measure.nvml import GpuSet, compute_pids, gpu_names
-from eemlflow.measure.read_clock import ReadClock
+from eemlflow.measure.read_clock import ReadClock, unix_time
 from eemlflow.measure.readings import EnergyReading, EnergyResult, Provenance, combine_segments
 from eemlflow.measure.suspicion import suspicions
 
 log = logging.getLogger(__name__)
-
-class _Capture(BaseOutput):
-    """Keeps CodeCarbon's latest totals: ``out`` on flush/stop (main thread), ``live_out`` on its timer."""
-
-    def __init__(self) -> None:
-        self.total: EmissionsData | None = None
-        self.live: EmissionsData | None = None
-        self._lock = threading.Lock()
-
-    def out(self, total: EmissionsData, delta: EmissionsData) -> None:
-        with self._lock:
-            self.total = self.live = total
-
-    def live_out(self, total: EmissionsData, delta: EmissionsData) -> None:
-        with self._lock:
-            self.live = total
-
-    def take(self) -> EmissionsData | None:
-        with self._lock:
-            total, self.total = self.total, None
-            return total
-
 
 class EnergyMonitor:
     """One CodeCarbon tracker for one training run, read through named windows.
@@ -104,7 +81,7 @@ class EnergyMonitor:
         self._neighbours: set[tuple[int, int]] = set()
         self._last_record: dict | None = None
         self._country_given = country_given
-        self._capture = _Capture()
+        self._capture = Capture()
         self._windows: dict[str, EnergyReading] = {}
         self._last: EnergyReading | None = None
         self._started_unix_s: float | None = None
@@ -131,7 +108,7 @@ class EnergyMonitor:
         self._tracker.start()
         after = self._raw_counters()
         self._counter_base = self._clock.at("start", before, after, getattr(self._tracker, "_start_time", None))
-        self._started_unix_s = _unix(getattr(self._tracker, "_start_time", None))
+        self._started_unix_s = unix_time(getattr(self._tracker, "_start_time", None))
         self._attribution = Attribution(HostLedger() if self._share_host else None)
         first = self._snapshot()
         if first is None:
@@ -190,7 +167,7 @@ class EnergyMonitor:
         """
         self._wait_for_device(final=True)
         counters = self._counters_around(self._tracker.stop)
-        ended_unix_s = _unix(getattr(self._tracker, "_last_measured_time", None))
+        ended_unix_s = unix_time(getattr(self._tracker, "_last_measured_time", None))
         for counter in self._counters.values():
             counter.close()
         final = getattr(self._tracker, "final_emissions_data", None) or self._capture.take()
@@ -296,11 +273,6 @@ class EnergyMonitor:
 
 _ZERO = EnergyReading(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
-
-def _unix(perf_counter_s: float | None) -> float | None:
-    """A moment of CodeCarbon's clock (``time.perf_counter``) as Unix time, s: where an external meter's samples
-    are lined up with the window."""
-    return None if perf_counter_s is None else time.time() - (time.perf_counter() - perf_counter_s)
 
 
 def _children() -> set[int]:

@@ -67,3 +67,9 @@ class ReadClock:
             f = 0.5 if moment is None or t1 <= t0 else min(1.0, max(0.0, (moment - t0) / (t1 - t0)))
             values[key] = None if a[key] is None or b[key] is None else a[key] + (b[key] - a[key]) * f
         return values
+
+
+def unix_time(perf_counter_s: float | None) -> float | None:
+    """A moment of CodeCarbon's clock (``time.perf_counter``) as Unix time, s: where an external meter's samples
+    are lined up with a measured window."""
+    return None if perf_counter_s is None else time.time() - (time.perf_counter() - perf_counter_s)

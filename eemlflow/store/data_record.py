@@ -1,5 +1,6 @@
 """What a run records of the data it trained on: its name, where it was read, its image counts and, for data found
-at a path (a folder), the digest of its content, as params; and each split as an MLflow dataset input."""
+at a path (a folder), the digest of its content, as params; each split as an MLflow dataset input; and the run's
+description built from them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import mlflow
 
 from eemlflow.store import schema
+from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
 
 
@@ -33,3 +35,16 @@ def mlflow_dataset(data: ImageData, split: Any, context: str) -> Any:
 
     digest = f"{data.digest[:8]}-{len(split)}" if data.digest else None  # None: MLflow's, from name and source
     return MetaDataset(resolve_dataset_source(data.source), name=name, digest=digest)
+
+
+def run_description(cfg: TrainConfig, data: ImageData, device: str, input_size: tuple[int, ...]) -> str:
+    """The run's description in the MLflow UI: what trained on which data, how, and how it was measured."""
+    return (
+        f"{cfg.model} trained from scratch on {data.name} ({len(data.train)} train / {len(data.eval)} eval "
+        f"images, upscaled to {input_size[-1]} px) for {cfg.epochs} epochs at batch size {cfg.batch_size}, "
+        f"lr {cfg.base_lr:g}, on {device}. Recipe: timm train.py's (SGD Nesterov, cosine, 5 warmup epochs, "
+        f"label smoothing 0.1); mode {cfg.mode}, {cfg.precision}, augmentation on the "
+        f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country}"
+        f"{'' if cfg.country_given else ', the default'})."
+    )
+

@@ -27,7 +27,7 @@ from eemlflow.measure.projection import Projection, projection_error_pct
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.store import StoreWriter, convert, experiment_id_for, schema
 from eemlflow.store.connect import describe_store_error, no_http_retries
-from eemlflow.store.data_record import dataset_params, mlflow_dataset
+from eemlflow.store.data_record import dataset_params, mlflow_dataset, run_description
 from eemlflow.store.system_metrics import start_system_metrics
 from eemlflow.store.urls import EXPERIMENT_KIND_TAG, TRAINING_KIND, run_url, ui_hint
 from eemlflow.store.writer import now_ms, spool_path_for, with_retries
@@ -141,7 +141,7 @@ class TrainingRun:
         tags = {
             schema.ROW_TAG: "train",
             schema.REPEAT_KEY_TAG: settings_key(cfg, data.digest or None, without=("seed",)),
-            schema.NOTE_TAG: _description(cfg, data, device, input_size),
+            schema.NOTE_TAG: run_description(cfg, data, device, input_size),
             **environment,
         }
         if data.synthetic:
@@ -297,15 +297,4 @@ class TrainingRun:
                 params=param_list[i:i + MAX_PARAMS_PER_BATCH],
                 tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()] if i == 0 else [],
             )
-
-
-def _description(cfg: TrainConfig, data: ImageData, device: str, input_size: tuple[int, ...]) -> str:
-    return (
-        f"{cfg.model} trained from scratch on {data.name} ({len(data.train)} train / {len(data.eval)} eval "
-        f"images, upscaled to {input_size[-1]} px) for {cfg.epochs} epochs at batch size {cfg.batch_size}, "
-        f"lr {cfg.base_lr:g}, on {device}. Recipe: timm train.py's (SGD Nesterov, cosine, 5 warmup epochs, "
-        f"label smoothing 0.1); mode {cfg.mode}, {cfg.precision}, augmentation on the "
-        f"{cfg.resolved_data_path}. Energy by CodeCarbon (offline, country {cfg.country}"
-        f"{'' if cfg.country_given else ', the default'})."
-    )
 

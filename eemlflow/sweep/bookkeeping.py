@@ -118,3 +118,13 @@ def log_forecast(client: MlflowClient, parent_id: str, forecasts: list[CellForec
                                          Metric(FORECAST.grid_emissions_kg, total.emissions_kg, now, 0)])
     client.set_tag(parent_id, FORECAST_WHERE_TAG, where)
     client.log_text(parent_id, to_csv(forecasts), FORECAST_ARTIFACT)
+
+
+def log_cell_forecast(store: RetryingWrites, run_id: str, forecast: CellForecast) -> None:
+    """What was predicted for a cell, on its run (``store``: the sweep's retrying writes), before it trains."""
+    from mlflow.entities import Metric
+
+    now = now_ms()
+    store.log_batch(run_id, metrics=[Metric(FORECAST.energy_kwh, forecast.energy_kwh, now, 0),
+                                     Metric(FORECAST.duration_s, forecast.duration_s, now, 0),
+                                     Metric(FORECAST.emissions_kg, forecast.emissions_kg, now, 0)])

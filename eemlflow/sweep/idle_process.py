@@ -14,11 +14,23 @@ import dataclasses
 import multiprocessing
 import os
 import queue as queue_errors
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.idle import shared_baseline
+from eemlflow.sweep.grid import Cell
 from eemlflow.training import TrainConfig
+
+
+def slot_baselines(slots: Sequence[str | None], cells: Sequence[Cell], note: Callable[[str], None]) -> dict:
+    """Slot -> ``IDLE_ENV``'s JSON for the cells that ask for a baseline (the first such cell's device, length and
+    PUE; cells asking otherwise measure their own); empty when none asks."""
+    wanting = [c.config for c in cells if c.config.idle_baseline_s]
+    if not wanting:
+        return {}
+    note(f"measuring the idle baseline on {len(slots)} slot(s), {wanting[0].idle_baseline_s:g} s each, before the "
+         "first cell")
+    return idle_baselines(slots, wanting[0])
 
 
 def idle_baselines(slots: Sequence[str | None], cfg: TrainConfig, timeout_s: float = 600.0) -> dict:

@@ -36,11 +36,11 @@ from eemlflow.store.schema import (
 )
 from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
 from eemlflow.store.writer import RetryingWrites, now_ms
-from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint
+from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint, log_cell_forecast
 from eemlflow.sweep.executors import Executor, Job
 from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
-from eemlflow.sweep.idle_process import idle_baselines
+from eemlflow.sweep.idle_process import slot_baselines
 from eemlflow.sweep.local_executor import LocalExecutor
 from eemlflow.sweep.tally import QuietReporter, SweepReporter, SweepView, Tally
 
@@ -93,7 +93,8 @@ class Sweep:
         self.reporter.note(f"sweep {self.grid.name}: {len(pending) + len(watched)} cells to train, {len(self.slots)} "
                            f"at a time ({self.executor.describe()})")
         attempts: Counter = Counter()
-        self._measure_idle([cell for cell, _ in pending])
+        if self.executor.checks_data_here:  # the slots are this machine's (a cluster's cells measure their own)
+            self.idle = slot_baselines([s.gpu for s in self.slots], [c for c, _ in pending], self.reporter.note)
         self.reporter.begin(self._view(tally, pending))
         try:
             last_watch = 0.0
@@ -194,30 +195,13 @@ class Sweep:
                 PARENT_RUN_TAG: self.parent_id, CELL_TAG: cell.cell_id, ATTEMPT_TAG: str(attempt),
             }).info.run_id
             env["MLFLOW_RUN_ID"] = run_id
-        forecast = self.forecasts.get(cell.cell_id)
-        if forecast is not None:
-            now = now_ms()
-            self.store.log_batch(run_id, metrics=[
-                Metric(FORECAST.energy_kwh, forecast.energy_kwh, now, 0),
-                Metric(FORECAST.duration_s, forecast.duration_s, now, 0),
-                Metric(FORECAST.emissions_kg, forecast.emissions_kg, now, 0)])
+        if cell.cell_id in self.forecasts:
+            log_cell_forecast(self.store, run_id, self.forecasts[cell.cell_id])
         slot.log_path = str(self.logs / f"{cell.config.run_name}-{cell.cell_id}-{attempt}.log")
         slot.process = self.executor.start(command, env, slot.log_path, run_id, slot.gpu)
         slot.cell, slot.run_id, slot.started, slot.resumed = cell, run_id, time.time(), bool(resume)
         if resume:
             self.reporter.note(f"{cell.config.run_name}: resuming run {resume} from its checkpoint")
-
-    def _measure_idle(self, cells: Sequence[Cell]) -> None:
-        """Each slot's idle baseline, once, before any cell starts, for the cells that ask for one (the first such
-        cell's device, length and PUE; cells asking otherwise measure their own). Only where the slots are this
-        machine's: a cluster's cells measure their own."""
-        wanting = [c.config for c in cells if c.config.idle_baseline_s]
-        if not wanting or not self.executor.checks_data_here:
-            return
-        cfg = wanting[0]
-        self.reporter.note(f"measuring the idle baseline on {len(self.slots)} slot(s), {cfg.idle_baseline_s:g} s "
-                           "each, before the first cell")
-        self.idle = idle_baselines([slot.gpu for slot in self.slots], cfg)
 
     def _resumable(self, run_id: str) -> str | None:
         """``run_id`` when its checkpoint is here (the next attempt continues it), else None (train anew)."""
