@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from eemlflow.errors import EemlflowError
 from eemlflow.progress import RichReporter, format_energy
 from eemlflow.store.status import FINISHED
 from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
+from eemlflow.training.ranks import Ranks, report_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,12 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     # A launcher without job control (nohup, a batch script's `&`) starts us with SIGINT ignored: take it back,
     # so that Ctrl-C and the sweep's stop end the run KILLED with its energy instead of being lost.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    ranks = Ranks.from_environment()
     configure_logging(args.verbose)
-    console = Console(stderr=True)
+    if not ranks.leader:  # rank 0 speaks for the run; the others only say why they failed
+        logging.getLogger("eemlflow").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    console = Console(stderr=True, quiet=not ranks.leader)
+    code = _train(args, argv, console, ranks)
+    if ranks.leader and ranks.distributed:
+        report_exit(code)
+    return code
+
+
+def _train(args: argparse.Namespace, argv: list[str], console: Console, ranks: Ranks) -> int:
     raw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     try:
         from eemlflow.measure.gpu_ids import default_device_order
@@ -68,12 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = resume_config(connect(args.tracking_uri), raw)
         else:
             cfg = TrainConfig.from_strings(raw)
+        if cfg.world_size > 1 and not ranks.distributed:  # the ranks, through torchrun
+            from eemlflow.launch import launch
+
+            return launch(cfg, argv, console, args.verbose)
         outcome = train_run(
             cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
             reporter=RichReporter(console),
             system_metrics=not args.no_system_metrics,
         )
     except EemlflowError as e:
+        if not ranks.leader:
+            Console(stderr=True).print(f"eemlflow: rank {ranks.rank}: error: {e}", highlight=False, soft_wrap=True)
         return print_error(console, e)
     except KeyboardInterrupt:
         console.print("eemlflow: interrupted: the run was ended KILLED with the energy measured so far")

@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import EnergyMonitor
-from eemlflow.runner import RunOutcome, _close, train_run
+from eemlflow.runner import RunOutcome, train_run
+from eemlflow.runner.closing import close_run
 from eemlflow.store import connect, convert, schema
 from eemlflow.store.run import TrainingRun
 from eemlflow.training.config import TrainConfig
@@ -275,7 +276,7 @@ def test_a_failed_tracker_is_flagged_on_the_run_without_zeros(store):
     monitor.begin_window("epoch")
     monitor._tracker.stop()  # a fake fault: CodeCarbon dying mid-run cannot be caused on purpose here
     assert monitor.end_window("epoch") is None  # the epoch's reading, as the runner takes it
-    _close(run, monitor, RunOutcome(run.run_id, "FINISHED"))
+    close_run(run, monitor, RunOutcome(run.run_id, "FINISHED"))
     _, stored = only_run(store)
     assert "stopped reporting" in stored.data.tags["energy.failure"]
     assert "energy_consumed" not in stored.data.metrics and "gpu_energy" not in stored.data.metrics
@@ -288,7 +289,7 @@ def test_suspect_energy_is_flagged_on_the_run(store):
     # Training on GPU 0 that CodeCarbon cannot see (there is none here): what a run looks like without NVML.
     monitor = EnergyMonitor("USA", measure_power_secs=1, gpu_ids=[0])
     monitor.start()
-    _close(run, monitor, RunOutcome(run.run_id, "FINISHED"))
+    close_run(run, monitor, RunOutcome(run.run_id, "FINISHED"))
     _, stored = only_run(store)
     assert "gpu_energy is 0" in stored.data.tags["energy.suspect"]
     assert stored.data.metrics["energy_consumed"] > 0 and "energy.failure" not in stored.data.tags

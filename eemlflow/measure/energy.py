@@ -55,6 +55,8 @@ class EnergyMonitor:
         share_host: share the host's CPU and RAM with the other trainings measured on it at the same time.
         pue: the data centre's power usage effectiveness, applied by CodeCarbon to every power and energy it reports
             (the hardware counters stay IT energy, and are compared with CodeCarbon's figures divided by it).
+        measure_host: count the host's CPU and RAM (and read its counters); False for a rank of a run whose node
+            another rank of the run measures, which then charges this one none of them.
     """
 
     def __init__(
@@ -68,12 +70,14 @@ class EnergyMonitor:
         synchronize: Callable[[], None] | None = None,
         share_host: bool = True,
         pue: float = 1.0,
+        measure_host: bool = True,
     ) -> None:
         self.failure: str | None = None
         self.gpu_ids = list(gpu_ids or [])
         self._synchronize = synchronize
         self._sync_failure: str | None = None
-        self._share_host = share_host
+        self._share_host = share_host and measure_host
+        self._measure_host = measure_host
         self._counters: dict[str, EnergyCounter] = {}
         self._counter_base: dict[str, float | None] = {}
         self._clock = ReadClock({spec.name: spec.hardware for spec in REGISTRY})
@@ -102,14 +106,15 @@ class EnergyMonitor:
     def start(self) -> None:
         """Start measuring (``stop`` gives the run's total). The counters' run window opens when CodeCarbon's start
         first read the same hardware (``ReadClock``; that first start in a process takes a second or more)."""
-        self._counters = open_counters(self.gpu_ids)
+        self._counters = open_counters(self.gpu_ids, host=self._measure_host)
         self._clock.watch(self._tracker)
         before = self._raw_counters()
         self._tracker.start()
         after = self._raw_counters()
         self._counter_base = self._clock.at("start", before, after, getattr(self._tracker, "_start_time", None))
         self._started_unix_s = unix_time(getattr(self._tracker, "_start_time", None))
-        self._attribution = Attribution(HostLedger() if self._share_host else None)
+        self._attribution = Attribution(HostLedger() if self._share_host else None,
+                                        part=1.0 if self._measure_host else 0.0)
         first = self._snapshot()
         if first is None:
             self.failure = "CodeCarbon's tracker did not start (it logs its own error above)"
@@ -228,6 +233,10 @@ class EnergyMonitor:
         own = {os.getpid(), *_children()}
         for gpu, pids in compute_pids(self.gpu_ids).items():
             self._neighbours.update((gpu, pid) for pid in pids - own)
+
+    def read(self) -> EnergyReading | None:
+        """Measure now: the totals since ``start`` (None when the tracker has failed), kept for ``so_far``."""
+        return self._snapshot()
 
     def _snapshot(self) -> EnergyReading | None:
         if self.failure:

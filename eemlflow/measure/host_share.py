@@ -143,10 +143,12 @@ class HostLedger:
 
 class Attribution:
     """This process's CPU and RAM energy, each stretch between two readings charged at the training's share of
-    the host over that stretch (``HostLedger.share``)."""
+    the host over that stretch (``HostLedger.share``), or at a fixed ``part`` without a ledger: 0 for a rank of a
+    run whose node's CPU and RAM another rank of the run measures."""
 
-    def __init__(self, ledger: HostLedger | None) -> None:
+    def __init__(self, ledger: HostLedger | None, part: float = 1.0) -> None:
         self.ledger = ledger
+        self.part = part
         self.since = time.time()
         self.raw = {"cpu_energy": 0.0, "ram_energy": 0.0}
         self.charged = dict(self.raw)
@@ -155,7 +157,7 @@ class Attribution:
     def update(self, values: dict) -> dict:
         """CodeCarbon's cumulative ``values`` now, with the CPU and RAM energy charged to this training."""
         now = time.time()
-        part = self.ledger.share(self.since, now) if self.ledger is not None else 1.0
+        part = self.ledger.share(self.since, now) if self.ledger is not None else self.part
         self.shared = self.shared or part < 1.0
         for key in self.raw:
             raw = float(values.get(key) or 0.0)
@@ -188,6 +190,8 @@ class Attribution:
         return changed
 
     def describe(self) -> str:
+        if self.ledger is None and self.part == 0.0:
+            return "not counted by this rank: its node's CPU and RAM are counted once, by the node's first rank"
         if self.ledger is None:
             return "whole machine: CodeCarbon's machine mode (host sharing off)"
         if not self.ledger.available:

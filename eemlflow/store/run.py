@@ -24,6 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.idle import IdlePower
 from eemlflow.measure.projection import Projection, projection_error_pct
+from eemlflow.measure.ranks import RankFigures
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.store import StoreWriter, convert, experiment_id_for, schema
 from eemlflow.store.connect import describe_store_error, no_http_retries
@@ -136,6 +137,8 @@ class TrainingRun:
             schema.RESOLVED_DATA_PATH_PARAM: cfg.resolved_data_path,
             schema.PRECISION_PARAM: cfg.precision,
             schema.RESOLVED_DEVICE_PARAM: device,
+            schema.WORLD_SIZE_PARAM: str(cfg.world_size),
+            schema.PER_PROCESS_BATCH_PARAM: str(cfg.per_process_batch_size),
             **dataset_params(data),
         })
         tags = {
@@ -261,6 +264,15 @@ class TrainingRun:
                    "idle_power_w": idle.charged_w(cpu_ram_share), "dynamic_energy_kwh": dynamic_kwh}
         self._log(metrics={schema.BY_NAME[k].key: v for k, v in metrics.items() if v is not None},
                   tags={schema.IDLE_METHOD_TAG: idle.method})
+
+    def log_ranks(self, ranks: Sequence[RankFigures]) -> None:
+        """Each rank's part of a run of several processes (``measure.ranks.RankFigures``), under its own keys."""
+        figures = ("energy_kwh", "gpu_energy_kwh", "cpu_energy_kwh", "ram_energy_kwh")
+        self._log(metrics={schema.RANK_METRIC.format(rank=r.rank, figure=f): getattr(r, f)
+                           for r in ranks for f in figures},
+                  tags={schema.RANK_TAG.format(rank=r.rank): f"host={r.host} gpus={r.gpu_ids or 'none'} "
+                        f"final={'yes' if r.final else 'no: it died, its energy after its last epoch is missing'}"
+                        for r in ranks})
 
     def log_model(self, model: Any, example: Any, register_as: str | None = None) -> None:
         """The trained model as the run's ``model``, or why it could not be logged (``store.model``)."""

@@ -186,6 +186,12 @@ RESUMED_RUN_TAG = "eemlflow.resumed_run"  # on a launcher's run that resumed ano
 STOPPED_TAG = "eemlflow.stopped"  # why a budget stopped the run (it ends KILLED, resumable with a larger one)
 # When each segment's measurement began and ended (Unix s, step = segment number): where a meter is lined up.
 WINDOW_START_METRIC, WINDOW_END_METRIC = "window/start_unix_s", "window/end_unix_s"
+# A run of several processes (torchrun's ranks): each rank's part of the run's energy (kWh; CPU and RAM only on a
+# node's first rank, which measures them for the node) and where it ran ("host=... gpus=... final=yes|no").
+RANK_METRIC = "summary/rank{rank}_{figure}"
+RANK_TAG = "eemlflow.rank.{rank}"
+WORLD_SIZE_PARAM = "world_size"
+PER_PROCESS_BATCH_PARAM = "per_process_batch_size"
 METER_TAG = "meter.description"  # the external meter attached to the run (runs attach-meter)
 LOST_ENERGY_METRIC = "lost_energy_kwh"  # measured before a kill but after the last checkpoint (not in the total)
 # A sweep's tags: on each child (cell, attempt) and on the parent (sweep).

@@ -125,8 +125,10 @@ def restore(recipe: Recipe, checkpoint: Checkpoint) -> None:
 
 
 def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under ``torch.compile``'s wrapper, whose state dict has the plain parameter names."""
-    return getattr(model, "_orig_mod", model)
+    """The module under ``torch.compile``'s and DistributedDataParallel's wrappers, whose state dict has the plain
+    parameter names (a checkpoint of several ranks resumes in one process, and the other way round)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
 
 
 def remove_checkpoint(path: Path) -> None:

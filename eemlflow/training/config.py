@@ -60,6 +60,10 @@ class TrainConfig:
     img_size: int | None = _setting(None, RESULT)
     data_dir: str = _setting("data", EXECUTION)
     device: str = _setting("auto", RESULT)
+    nproc_per_node: int = _setting(1, RESULT)
+    nnodes: int = _setting(1, RESULT)
+    rdzv_endpoint: str | None = _setting(None, EXECUTION)
+    rdzv_timeout_s: float = _setting(600.0, EXECUTION)
     country_iso_code: str | None = _setting(None, RESULT)
     seed: int = _setting(42, RESULT)
     workers: int = _setting(4, EXECUTION)
@@ -86,6 +90,16 @@ class TrainConfig:
         _check(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
         _check(self.epochs > 0, f"epochs must be a positive integer, got {self.epochs}")
         _check(self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size}")
+        _check(self.nproc_per_node >= 1, f"nproc_per_node must be a positive integer, got {self.nproc_per_node}")
+        _check(self.nnodes >= 1, f"nnodes must be a positive integer, got {self.nnodes}")
+        _check(self.rdzv_timeout_s > 0,
+               f"rdzv_timeout_s must be a positive number of seconds, got {self.rdzv_timeout_s}")
+        _check(self.nnodes == 1 or bool(self.rdzv_endpoint),
+               f"nnodes={self.nnodes} needs rdzv_endpoint=HOST:PORT, the address every node meets at (the first "
+               "node's, reachable from the others)")
+        _check(self.batch_size % self.world_size == 0,
+               f"batch_size {self.batch_size} is the global batch, split equally over the {self.world_size} "
+               f"processes (nproc_per_node x nnodes): use a multiple of {self.world_size}")
         _check(self.lr is None or self.lr > 0, f"lr must be a positive number, got {self.lr}")
         _check(
             self.img_size is None or self.img_size >= 8,
@@ -115,6 +129,9 @@ class TrainConfig:
         _check(self.idle_baseline_s is None or 0 < self.idle_baseline_s <= 3600,
                f"idle_baseline_s must be a number of seconds up to 3600 (or empty: no baseline), got "
                f"{self.idle_baseline_s}")
+        _check(self.idle_baseline_s is None or self.world_size == 1,
+               "idle_baseline_s is measured for a run of one process only: leave it empty with nproc_per_node or "
+               "nnodes above 1")
         if self.country_iso_code is not None:
             _check_country(self.country_iso_code)
         _check(self.register_as is None or self.log_model,
@@ -122,8 +139,19 @@ class TrainConfig:
 
     @property
     def base_lr(self) -> float:
-        """The learning rate the run uses: the given one, else the study's linear scaling rule."""
+        """The learning rate the run uses: the given one, else the study's linear scaling rule on the global batch
+        (so one process and several with the same ``batch_size`` train with the same lr)."""
         return self.lr if self.lr is not None else BASE_LR_PER_256 * self.batch_size / 256
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train the run together (one per GPU): ``nproc_per_node`` on each of ``nnodes``."""
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def per_process_batch_size(self) -> int:
+        """Each process's share of the global ``batch_size`` (the lr rule reads the global one)."""
+        return self.batch_size // self.world_size
 
     @property
     def streamed(self) -> bool:
@@ -180,7 +208,7 @@ class TrainConfig:
 
 # Result settings added after sweeps began to be keyed by their settings: left out of the key at their default, so
 # that the cells of grids written before them keep their ids (and their trained runs).
-_LATER_SETTINGS: dict[str, Any] = {"pue": 1.0}
+_LATER_SETTINGS: dict[str, Any] = {"pue": 1.0, "nproc_per_node": 1, "nnodes": 1}
 
 
 def settings_key(cfg: TrainConfig, data_digest: str | None = None, without: Sequence[str] = ()) -> str:

@@ -100,14 +100,15 @@ class DeviceLoader:
 
     Iterates ``(images, labels)`` like timm's prefetching loader: images N x 3 x S x S (float32, optionally
     channels_last), labels int64, both on ``device``. Training batches are shuffled and the last partial
-    batch is dropped, as in timm.
+    batch is dropped, as in timm. ``shard=(rank, ranks)``: this rank's share of each epoch's shuffle (every rank
+    draws the same permutation, its generator seeded alike) and of the evaluation images.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, is_training: bool,
                  input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...],
                  crop_pct: float, device: torch.device, seed: int = 0, hflip: float = 0.5,
                  color_jitter: float = 0.4, eval_interpolation: str = "bicubic",
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
         self.images = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
         self.labels = torch.from_numpy(labels).to(device)
         self.batch_size, self.is_training, self.size = batch_size, is_training, input_size[-1]
@@ -116,6 +117,7 @@ class DeviceLoader:
         self.crop_pct, self.hflip, self.jitter = crop_pct, hflip, color_jitter
         self.eval_mode = "bilinear" if eval_interpolation == "bilinear" else "bicubic"
         self.device, self.channels_last = device, channels_last
+        self.rank, self.ranks = shard
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         height, width = self.images.shape[2:]
@@ -124,16 +126,23 @@ class DeviceLoader:
         # The eval transform's one centre box, made once: a tensor built from Python numbers is a host copy.
         self.eval_box = torch.tensor([(height - side_h) / 2, (width - side_w) / 2, side_h, side_w], device=device)
 
-    def __len__(self) -> int:
+    def _share(self) -> int:
+        """How many images this rank sees an epoch (training: an equal share of all, the rest dropped)."""
         n = len(self.images)
+        return n // self.ranks if self.is_training else len(range(self.rank, n, self.ranks))
+
+    def __len__(self) -> int:
+        n = self._share()
         return n // self.batch_size if self.is_training else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
-        order = torch.randperm(n, generator=self.generator, device=self.device) if self.is_training else None
+        if self.is_training:
+            order = torch.randperm(n, generator=self.generator, device=self.device)[self.rank::self.ranks]
+        else:
+            order = torch.arange(n, device=self.device)[self.rank::self.ranks]
         for b in range(len(self)):
-            idx = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            index = order[idx] if order is not None else torch.arange(n, device=self.device)[idx]
+            index = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.transform(self.images[index].float())
             x = (x - self.mean) / self.std
             if self.channels_last:

@@ -29,7 +29,9 @@ from eemlflow.errors import EemlflowError
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
 from eemlflow.training.device_data import DeviceLoader
+from eemlflow.training.distributed import data_parallel, maximum, rank_device, summed
 from eemlflow.training.models import create_model
+from eemlflow.training.ranks import Ranks
 
 # timm train.py defaults that make up the study's recipe.
 MOMENTUM = 0.9
@@ -76,6 +78,8 @@ class Recipe:
     input_size: tuple[int, int, int]
     num_classes: int
     precision: str = "fp32"
+    ranks: Ranks = Ranks()  # this process among the run's (a world of one without torchrun)
+    eval_images: int | None = None  # this rank's share of the validation set (its loader pads to equal shares)
 
     def autocast(self):
         """bf16 autocast in fast mode; a no-op context in the study's fp32."""
@@ -116,9 +120,17 @@ def synchronizer(device: torch.device) -> Callable[[], None] | None:
     return lambda: torch.cuda.synchronize(device)
 
 
-def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device) -> Recipe:
-    """Model, loaders, optimizer and scheduler exactly as timm train.py builds them for this config."""
-    random_seed(cfg.seed)
+def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device, ranks: Ranks | None = None) -> Recipe:
+    """Model, loaders, optimizer and scheduler exactly as timm train.py builds them for this config.
+
+    Several ranks (torchrun): each trains on its share of every epoch's shuffled images (``per_process_batch_size``
+    a step; DDP averages the gradients, so a step sees the global ``batch_size``) and evaluates its share of the
+    validation set, summed over the ranks: the whole set, once. Seeds as in timm train.py: ``seed + rank`` for a
+    rank's augmentations, rank 0's initial weights everywhere (DDP), the shuffle's seed ``seed`` on every rank.
+    """
+    ranks = ranks or Ranks()
+    device = rank_device(device, ranks)
+    random_seed(cfg.seed, ranks.rank)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -129,9 +141,9 @@ def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device) -> Rec
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.resolved_data_path == "gpu":
-        train_loader, eval_loader = _device_loaders(cfg, data, data_cfg, device, channels_last)
+        train_loader, eval_loader = _device_loaders(cfg, data, data_cfg, device, channels_last, ranks)
     else:
-        train_loader, eval_loader = _timm_loaders(cfg, data, data_cfg, device)
+        train_loader, eval_loader = _timm_loaders(cfg, data, data_cfg, device, ranks)
     optimizer = create_optimizer_v2(
         model, opt="sgd", lr=cfg.base_lr, weight_decay=WEIGHT_DECAY, momentum=MOMENTUM
     )
@@ -139,26 +151,33 @@ def build_recipe(cfg: TrainConfig, data: ImageData, device: torch.device) -> Rec
         optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=WARMUP_EPOCHS, warmup_lr=WARMUP_LR,
         min_lr=MIN_LR, updates_per_epoch=len(train_loader),
     )
+    model = data_parallel(model, device, ranks)
     if cfg.compile:
         model = torch.compile(model)
     return Recipe(model, train_loader, eval_loader, optimizer, scheduler, device, cfg.epochs,
-                  tuple(data_cfg["input_size"]), data.num_classes, cfg.precision)
+                  tuple(data_cfg["input_size"]), data.num_classes, cfg.precision, ranks,
+                  len(range(ranks.rank, len(data.eval), ranks.world_size)))
 
 
-def _timm_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: torch.device):
-    """timm's own loaders: PIL transforms in worker processes, normalisation in the prefetcher."""
+def _timm_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: torch.device, ranks: Ranks):
+    """timm's own loaders: PIL transforms in worker processes, normalisation in the prefetcher; with several ranks,
+    timm's distributed samplers (the training one shuffled with the run's seed, reseeded each epoch)."""
     common = dict(
-        input_size=data_cfg["input_size"], batch_size=cfg.batch_size, mean=data_cfg["mean"], std=data_cfg["std"],
-        num_workers=cfg.workers, device=device, use_prefetcher=True,
+        input_size=data_cfg["input_size"], batch_size=cfg.per_process_batch_size, mean=data_cfg["mean"],
+        std=data_cfg["std"], num_workers=cfg.workers, device=device, use_prefetcher=True,
+        distributed=ranks.distributed,
     )
     train = create_loader(data.train, is_training=True, hflip=HFLIP, color_jitter=COLOR_JITTER,
                           interpolation=TRAIN_INTERPOLATION, **common)
+    if ranks.distributed:
+        train.sampler.seed = cfg.seed  # torch's DistributedSampler shuffles with seed 0 unless told
     evaluation = create_loader(data.eval, is_training=False, interpolation=data_cfg["interpolation"],
                                crop_pct=data_cfg["crop_pct"], **common)
     return train, evaluation
 
 
-def _device_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: torch.device, channels_last: bool):
+def _device_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: torch.device, channels_last: bool,
+                    ranks: Ranks):
     """The same transforms done batch-wise on the device (``eemlflow.training.device_data``), the images held there:
     refused in one line when they would take more than half of the device's free memory (the model needs the rest)."""
     needed = data.train.images.nbytes + data.eval.images.nbytes
@@ -169,9 +188,9 @@ def _device_loaders(cfg: TrainConfig, data: ImageData, data_cfg: dict, device: t
                                 f"{free / 2**30:.2f} GiB of {total / 2**30:.2f} GiB free (at most half is used for "
                                 "them): use data_path=cpu (timm's loader)")
     common = dict(
-        batch_size=cfg.batch_size, input_size=tuple(data_cfg["input_size"]), mean=data_cfg["mean"],
+        batch_size=cfg.per_process_batch_size, input_size=tuple(data_cfg["input_size"]), mean=data_cfg["mean"],
         std=data_cfg["std"], crop_pct=data_cfg["crop_pct"], device=device, seed=cfg.seed,
-        channels_last=channels_last,
+        channels_last=channels_last, shard=(ranks.rank, ranks.world_size),
     )
     train = DeviceLoader(data.train.images, data.train.labels, is_training=True, hflip=HFLIP,
                          color_jitter=COLOR_JITTER, **common)
@@ -228,6 +247,9 @@ def _mean_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def _train_epoch(recipe: Recipe, loss_fn, updates: int, on_batch: BatchCallback | None):
     recipe.model.train()
+    sampler = getattr(recipe.train_loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):  # a distributed sampler: this epoch's shuffle
+        sampler.set_epoch(updates // max(len(recipe.train_loader), 1))
     total = torch.zeros((), device=recipe.device)
     images = 0
     batches = len(recipe.train_loader)
@@ -243,8 +265,9 @@ def _train_epoch(recipe: Recipe, loss_fn, updates: int, on_batch: BatchCallback 
             on_batch(i + 1, batches, shown)
     if recipe.device.type == "cuda":
         torch.cuda.synchronize(recipe.device)
-    seconds = time.perf_counter() - start
-    return (total.item() / images if images else float("nan")), images, seconds, updates
+    seconds = maximum(time.perf_counter() - start, recipe.device, recipe.ranks)
+    loss_sum, images = summed([total.item(), float(images)], recipe.device, recipe.ranks)
+    return (loss_sum / images if images else float("nan")), int(images), seconds, updates
 
 
 @torch.no_grad()
@@ -253,7 +276,13 @@ def _evaluate(recipe: Recipe, loss_fn) -> tuple[float, float, float]:
     loss_sum = top1_sum = top5_sum = torch.zeros((), device=recipe.device)
     n = 0
     k = min(5, recipe.num_classes)
+    left = recipe.eval_images if recipe.ranks.distributed else None
     for x, y in recipe.eval_loader:
+        if left is not None:  # a distributed sampler pads the last shares with repeated images: not counted
+            x, y = x[:left], y[:left]
+            left -= x.shape[0]
+            if x.shape[0] == 0:
+                continue
         out = eval_step(recipe, x)
         acc1, acc5 = accuracy(out, y, topk=(1, k))
         b = x.shape[0]
@@ -261,6 +290,8 @@ def _evaluate(recipe: Recipe, loss_fn) -> tuple[float, float, float]:
         top1_sum = top1_sum + acc1 * b
         top5_sum = top5_sum + acc5 * b
         n += b
+    loss, top1, top5, n = summed([float(loss_sum), float(top1_sum), float(top5_sum), float(n)], recipe.device,
+                                 recipe.ranks)
     if n == 0:
         return float("nan"), float("nan"), float("nan")
-    return loss_sum.item() / n, top1_sum.item() / n, top5_sum.item() / n
+    return loss / n, top1 / n, top5 / n

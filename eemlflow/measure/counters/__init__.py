@@ -23,10 +23,12 @@ REGISTRY: tuple[CounterSpec, ...] = (
 BY_NAME: dict[str, CounterSpec] = {spec.name: spec for spec in REGISTRY}
 
 
-def open_counters(gpu_ids: Sequence[int]) -> dict[str, EnergyCounter]:
+def open_counters(gpu_ids: Sequence[int], host: bool = True) -> dict[str, EnergyCounter]:
     """Every registered counter, opened for a training on the physical GPUs ``gpu_ids`` (empty: a CPU training),
-    by name; a counter whose hardware is missing reads None and says why."""
-    return {spec.name: spec.open(list(gpu_ids)) for spec in REGISTRY}
+    by name; a counter whose hardware is missing reads None and says why. ``host=False`` (a rank that is not its
+    node's first): the node's own counters (CPU packages, the node meter) are left to the rank that measures it."""
+    return {spec.name: spec.open(list(gpu_ids)) if host or spec.checks == "gpu"
+            else NullCounter("not read by this rank: the node's first rank reads it") for spec in REGISTRY}
 
 
 __all__ = ["BY_NAME", "REGISTRY", "CounterSpec", "EnergyCounter", "NullCounter", "NvmlEnergyCounter",

@@ -9,25 +9,24 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.measure.gpu_ids import measured_gpu_ids
-from eemlflow.measure.idle import IdlePower, dynamic_energy_kwh, given_baseline, measure_idle
-from eemlflow.measure.projection import Budgets, Projection, Projector
-from eemlflow.measure.readings import EnergyReading, EnergyResult
+from eemlflow.measure.idle import IdlePower, given_baseline, measure_idle
+from eemlflow.measure.projection import Budgets, Projector
+from eemlflow.measure.ranks import RankMeter
+from eemlflow.measure.readings import EnergyReading
 from eemlflow.resume import ResumePoint, prepare_resume
+from eemlflow.runner.closing import close_run, sigterm_raises
+from eemlflow.runner.outcome import BudgetReached, Reporter, RunOutcome, Terminated
+from eemlflow.runner.ranks import COLLECTIVE_WAIT, PEER_ENDED, FollowerRun, stopped_by_peer
 from eemlflow.store import connect
 from eemlflow.store.environment import environment
 from eemlflow.store.liveness import HeartbeatThread
@@ -37,9 +36,18 @@ from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, res
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
 from eemlflow.training.datasets import load_data
+from eemlflow.training.distributed import (
+    from_leader,
+    join,
+    leave,
+    others_errors,
+    post_error,
+    rank_device,
+    side_store,
+)
 from eemlflow.training.models import check_model_name
+from eemlflow.training.ranks import Ranks
 from eemlflow.training.recipe import (
-    EpochResult,
     Recipe,
     build_recipe,
     device_identity,
@@ -49,43 +57,6 @@ from eemlflow.training.recipe import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class Reporter(Protocol):
-    """What the runner tells a progress display; the CLI passes a rich one."""
-
-    def begin(self, cfg: TrainConfig, run_id: str, batches: int, url: str) -> None: ...
-    def batch(self, index: int, batches: int, loss: float | None, energy: EnergyReading | None) -> None: ...
-    def epoch(self, result: EpochResult, total: EnergyReading | None, projection: Projection | None) -> None: ...
-    def end(self) -> None: ...
-
-
-class Terminated(BaseException):
-    """SIGTERM, turned into an exception so that the run is closed as KILLED like on Ctrl-C."""
-
-
-class BudgetReached(Exception):
-    """The next epoch would take the run over a budget: it ends KILLED, resumable from its checkpoint."""
-
-    def __init__(self, budget: str, reason: str) -> None:
-        super().__init__(reason)
-        self.budget = budget  # energy, emissions or time
-
-
-@dataclass
-class RunOutcome:
-    run_id: str
-    status: str
-    url: str = ""  # the run's page in the MLflow UI (training view)
-    epochs: list[EpochResult] = field(default_factory=list)
-    energy: EnergyResult | None = None
-    error: str | None = None
-    unlogged: int = 0  # records the store did not take, kept in ``spool_path`` for a replay
-    spool_path: str | None = None
-    stopped: str | None = None  # why a budget stopped the run
-    budget: str | None = None  # which: energy, emissions or time
-    checkpoint: str | None = None  # where a stopped run's checkpoint is (None: it has none)
-    projections: dict[int, float] = field(default_factory=dict)  # epoch (from 1) -> projected energy, kWh
 
 
 def train_run(
@@ -100,28 +71,36 @@ def train_run(
 
     Raises ``EemlflowError`` for bad input before any run is opened; KeyboardInterrupt after closing the
     run as KILLED. Any other failure during training ends the run FAILED and is returned, not raised.
+
+    Started by torchrun (``Ranks.from_environment``), this is one rank of the run: rank 0 opens, logs and closes
+    the MLflow run, the others train beside it and hand it their energy (``RankMeter``).
     """
+    ranks = Ranks.from_environment()
     check_model_name(cfg.model)
-    device = resolve_device(cfg.device)
+    device = rank_device(resolve_device(cfg.device), ranks)
     gpu_ids = measured_gpu_ids(*device_identity(device))
     data = _load_data(cfg)
-    client = connect(tracking_uri)
-    point = prepare_resume(client, cfg, device.type) if cfg.resume else None
-
-    run = TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics, gpu_ids=gpu_ids)
+    join(ranks, device)
+    store = side_store(COLLECTIVE_WAIT) if ranks.distributed else None
+    client = connect(tracking_uri) if ranks.leader else None
+    point = prepare_resume(client, cfg, device.type) if cfg.resume and client is not None else None
+    run = (TrainingRun.open(client, cfg, experiment_name, system_metrics=system_metrics, gpu_ids=gpu_ids)
+           if client is not None else None)
+    run_id, point = from_leader((run.run_id if run else "", point), ranks)
+    run = run or FollowerRun(run_id)
     outcome = RunOutcome(run.run_id, RUNNING, run.url)
     progress = _Progress(point)
     ckpt = checkpoint_path(cfg.checkpoint_dir, run.run_id)
     trained: Callable[[], None] | None = None  # logs the trained model (log_model=true)
-    monitor: EnergyMonitor | None = None
+    monitor: EnergyMonitor | RankMeter | None = None
     heartbeat: HeartbeatThread | None = None
     idle: IdlePower | None = None  # the devices' idle baseline (idle_baseline_s)
     interrupted: BaseException | None = None
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             run.log_segment(point.segment if point else 1, socket.gethostname(), os.getpid(),
                             datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            recipe = build_recipe(cfg, data, device)
+            recipe = build_recipe(cfg, data, device, ranks)
             trained = lambda: run.log_model(unwrapped(recipe.model), next(iter(recipe.eval_loader))[0],  # noqa: E731
                                             cfg.register_as)
             if point is not None:
@@ -134,11 +113,14 @@ def train_run(
             monitor = EnergyMonitor(
                 cfg.country, country_given=cfg.country_given,
                 measure_power_secs=cfg.measure_power_secs, pue=cfg.pue, gpu_ids=gpu_ids,
-                synchronize=synchronizer(device),
+                synchronize=synchronizer(device), measure_host=ranks.host_leader,
             )
+            if store is not None:
+                monitor = RankMeter(monitor, store, ranks.rank, ranks.world_size, ranks.host_leader)
             monitor.start()
-            heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()
-            if reporter:
+            if client is not None:
+                heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()
+            if reporter and ranks.leader:
                 reporter.begin(cfg, run.run_id, len(recipe.train_loader), run.url)
             _train_epochs(cfg, recipe, run, monitor, progress, outcome, ckpt, heartbeat, reporter)
         outcome.status = FINISHED
@@ -146,17 +128,25 @@ def train_run(
         outcome.status, outcome.stopped, outcome.budget = KILLED, str(e), e.budget
         outcome.checkpoint = str(ckpt) if ckpt.exists() else None
     except (KeyboardInterrupt, Terminated) as e:
-        outcome.status, outcome.error, interrupted = KILLED, f"interrupted by {type(e).__name__}", e
+        if stopped_by_peer(e, ranks):  # torchrun stopped the ranks left after one ended
+            outcome.status, outcome.error = FAILED, PEER_ENDED
+        else:
+            outcome.status, outcome.error, interrupted = KILLED, f"interrupted by {type(e).__name__}", e
     except Exception as e:  # the run must end FAILED with the error, whatever it was
         outcome.status, outcome.error = FAILED, f"{type(e).__name__}: {e}"
         log.error("training failed:\n%s", traceback.format_exc())
+        if store is not None:
+            post_error(store, ranks.rank, outcome.error)
     finally:
         if reporter:
             reporter.end()
         if heartbeat is not None:
             heartbeat.stop()
-        _close(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None, idle)
-    if outcome.status == FINISHED and not cfg.keep_checkpoint:
+        leave()  # a rank still waiting in a collective with this one fails now, and stops measuring too
+        if store is not None and ranks.leader and outcome.status == FAILED:
+            outcome.error = "; ".join(others_errors(store, ranks.world_size, ranks.rank)) or outcome.error
+        close_run(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None, idle)
+    if outcome.status == FINISHED and not cfg.keep_checkpoint and ranks.leader:
         remove_checkpoint(ckpt)
     if interrupted is not None:
         raise KeyboardInterrupt from interrupted
@@ -177,8 +167,9 @@ def _load_data(cfg: TrainConfig) -> ImageData:
     return data
 
 
-def _train_epochs(cfg: TrainConfig, recipe: Recipe, run: TrainingRun, monitor: EnergyMonitor, progress: _Progress,
-                  outcome: RunOutcome, ckpt: Path, heartbeat: HeartbeatThread, reporter: Reporter | None) -> None:
+def _train_epochs(cfg: TrainConfig, recipe: Recipe, run: TrainingRun, monitor: EnergyMonitor | RankMeter,
+                  progress: _Progress, outcome: RunOutcome, ckpt: Path, heartbeat: HeartbeatThread | None,
+                  reporter: Reporter | None) -> None:
     """The epochs left, each in its own energy window: logged with its projection, checkpointed every
     ``checkpoint_every``, the budgets checked before the next (``BudgetReached`` stops cleanly, every epoch kept)."""
     projector = Projector(cfg.epochs, progress.epochs_done, progress.spent_before)
@@ -189,6 +180,8 @@ def _train_epochs(cfg: TrainConfig, recipe: Recipe, run: TrainingRun, monitor: E
             reporter.batch(i, n, loss, progress.whole_run(monitor.live()))
 
     def save() -> None:
+        if not recipe.ranks.leader:  # rank 0 writes the run's one checkpoint; every rank resumes from it
+            return
         save_checkpoint(ckpt, recipe, cfg, progress.epochs_done,
                         {"segments": progress.earlier + [monitor.record_so_far() or {}], "written_at": time.time()})
 
@@ -207,7 +200,8 @@ def _train_epochs(cfg: TrainConfig, recipe: Recipe, run: TrainingRun, monitor: E
         if cfg.checkpoint_every and progress.epochs_done % cfg.checkpoint_every == 0:
             save()
             saved_at = progress.epochs_done
-        heartbeat.poke()
+        if heartbeat is not None:
+            heartbeat.poke()
         if reporter:
             reporter.epoch(result, total, projection)
         if progress.epochs_done < cfg.epochs:
@@ -242,7 +236,7 @@ class _Progress:
             return segment
         return segment + self.spent_before
 
-    def beat(self, monitor: EnergyMonitor):
+    def beat(self, monitor: EnergyMonitor | RankMeter):
         """What the heartbeat reports: epochs done and this process's energy so far (kWh)."""
         def state() -> tuple[int, float | None]:
             live = monitor.live()
@@ -250,49 +244,3 @@ class _Progress:
         return state
 
 
-def _close(run: TrainingRun, monitor: EnergyMonitor | None, outcome: RunOutcome,
-           earlier_segments: Sequence[dict] = (), log_model: Callable[[], None] | None = None,
-           idle: IdlePower | None = None) -> None:
-    """Log the energy measured so far (all segments) and end the run; signals are held off until this is done.
-    A finished run's model (``log_model``) is logged after the energy is measured: it is not training."""
-    with _signals_ignored():
-        if monitor is not None:
-            outcome.energy = monitor.stop(earlier_segments)
-            run.log_energy(outcome.energy)
-            if idle is not None:
-                run.log_idle(idle, dynamic_energy_kwh(outcome.energy, idle), outcome.energy.cpu_ram_share)
-            if outcome.status == FINISHED and outcome.energy.reading is not None:
-                run.log_projection_errors(outcome.energy.reading.energy_kwh, outcome.projections,
-                                          resumed=bool(earlier_segments))
-        if outcome.status == FINISHED and log_model is not None:
-            log_model()
-        run.finish(outcome.status, outcome.error, outcome.stopped)
-        outcome.unlogged, outcome.spool_path = run.writer.spooled, str(run.writer.spool_path)
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def handler(signum, frame):
-        raise Terminated()
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """A second Ctrl-C while the run is being closed would leave it RUNNING: ignore signals until done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
