@@ -18,7 +18,7 @@ from conftest import REPO
 from mlflow.tracking import MlflowClient
 from simgpu_host import MIGS, host_env, write_host
 
-import eemlflow.runner as runner
+import eemlflow.runner.run as runner
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.host_share import Window, share
 from eemlflow.runner import train_run

@@ -210,3 +210,26 @@ def test_on_a_gpu_host_each_rank_measures_its_own_gpu_and_the_run_counts_both(tm
     assert by_rank[1]["cpu_energy_kwh"] == 0 and by_rank[1]["ram_energy_kwh"] == 0  # rank 0 measures the node's
     assert got["cpu_energy_kwh"] == pytest.approx(by_rank[0]["cpu_energy_kwh"]) and got["cpu_energy_kwh"] > 0
     assert "rapl_cpu_energy_kwh" not in got["counters"] or got["counters"]["rapl_cpu_energy_kwh"] > 0
+
+
+def test_a_sweep_gives_a_cell_of_two_processes_two_gpus_of_its_list(store, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\nexperiment: g\nsettings: {model: test_resnet, dataset: digits, epochs: 1, img_size: 16, "
+                    "workers: 0, batch_size: 64}\ngrid:\n  - {nproc_per_node: [2], seed: [1, 2]}\n")
+    env = {**host_env(write_host(tmp_path, watts=(100.0, 300.0, 100.0, 300.0)), store),
+           "EEMLFLOW_HOST_LEDGER": str(tmp_path / "ledger")}
+    sweep = [sys.executable, "-m", "eemlflow.sweep", str(grid), "--no-report", "true"]
+    refused = subprocess.run([*sweep, "--gpus", "0"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "eemlflow: error: cell test_resnet-digits-e1-b64 trains on nproc_per_node=2 GPUs, but the sweep has 1: list "
+        "more with --gpus, or lower nproc_per_node in the grid"], refused.stderr
+    assert runs(store) == []
+    done = subprocess.run([*sweep, "--gpus", "0,1,2,3"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = [r for r in runs(store) if r.data.tags.get("eemlflow.cell_id")]
+    assert len(cells) == 2 and {r.info.status for r in cells} == {"FINISHED"}
+    assert sorted(r.data.tags["gpu.cuda_visible_devices"] for r in cells) == ["0,1", "2,3"]
+    assert {r.data.params["world_size"] for r in cells} == {"2"}
+    assert all(r.data.tags["eemlflow.rank.1"].endswith("final=yes") for r in cells)

@@ -265,7 +265,7 @@ def test_ctrl_c_stops_a_sweep_started_with_sigint_ignored(store, tmp_path):
 
 
 def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settings_and_budgets(store):
-    from test_sweep import OTHER_CELL, SAME_CELL
+    from test_sweep import ALONGSIDE, OTHER_CELL, SAME_CELL
 
     from eemlflow.resume import resume_config
     from eemlflow.store import connect
@@ -281,7 +281,7 @@ def test_a_resume_refuses_each_result_setting_changed_and_takes_execution_settin
     assert set(OTHER_CELL) == set(settings_of(RESULT))
     for name, value in OTHER_CELL.items():  # each of the 14 result settings, given another value
         with pytest.raises(EemlflowError, match=f"cannot resume run {run.run_id} with {name} "):
-            resume_config(client, {"resume": run.run_id, name: str(value)})
+            resume_config(client, {"resume": run.run_id, name: str(value), **ALONGSIDE.get(name, {})})
     same = resume_config(client, {"resume": run.run_id, "epochs": "3", "lr": "", "model": None})
     assert same.replace(resume=None) == cfg  # the recorded settings; equal or empty ones are not a change
     for name, changes in SAME_CELL.items():

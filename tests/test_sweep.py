@@ -217,10 +217,12 @@ SAME_CELL = {"data_dir": {"data_dir": "/elsewhere"}, "workers": {"workers": 16},
              "energy_budget_kwh": {"energy_budget_kwh": 0.5}, "emissions_budget_kg": {"emissions_budget_kg": 0.1},
              "time_budget_s": {"time_budget_s": 600.0}, "log_model": {"log_model": True},
              "register_as": {"log_model": True, "register_as": "digits-resnet"},
-             "idle_baseline_s": {"idle_baseline_s": 10.0}}
+             "idle_baseline_s": {"idle_baseline_s": 10.0}, "rdzv_endpoint": {"rdzv_endpoint": "node1:29400"},
+             "rdzv_timeout_s": {"rdzv_timeout_s": 60.0}}
 OTHER_CELL = {"model": "resnet34", "dataset": "cifar10", "epochs": 4, "batch_size": 64, "lr": 0.3, "img_size": 64,
               "device": "cpu", "country_iso_code": "FRA", "seed": 1, "measure_power_secs": 5.0, "mode": "fast",
-              "data_path": "gpu", "compile": True, "pue": 1.5}
+              "data_path": "gpu", "compile": True, "pue": 1.5, "nproc_per_node": 2, "nnodes": 2}
+ALONGSIDE = {"nnodes": {"rdzv_endpoint": "node1:29400"}}  # what a value of OTHER_CELL needs beside it
 
 
 def test_a_cells_key_ignores_where_and_how_fast_it_runs_and_its_budgets_but_nothing_else():
@@ -231,7 +233,8 @@ def test_a_cells_key_ignores_where_and_how_fast_it_runs_and_its_budgets_but_noth
     for name, changes in SAME_CELL.items():
         assert Cell(base.config.replace(**changes)).cell_id == base.cell_id, name
     for name, value in OTHER_CELL.items():
-        assert Cell(base.config.replace(**{name: value})).cell_id != base.cell_id, name
+        changed = base.config.replace(**{name: value, **ALONGSIDE.get(name, {})})
+        assert Cell(changed).cell_id != base.cell_id, name
     # The default country is the cell that names it: a grid that adds `country_iso_code: USA` keeps its runs.
     assert Cell(base.config.replace(country_iso_code="USA")).cell_id == base.cell_id
     # A setting added later (pue) leaves the key of a cell at its default as it was: sweeps begun before keep their

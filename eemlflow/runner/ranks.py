@@ -35,3 +35,10 @@ def stopped_by_peer(error: BaseException, ranks: Ranks) -> bool:
     """Whether this rank was told to stop (SIGTERM) by torchrun because another rank had ended, not by the user:
     the launcher marks a user's stop before passing it on (``stop_requested``)."""
     return isinstance(error, Terminated) and ranks.distributed and not stop_requested()
+
+
+def collective_failed(error: BaseException) -> bool:
+    """Whether ``error`` is torch.distributed's: a collective broken by another rank's end (or the network)."""
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError)

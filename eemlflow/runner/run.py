@@ -26,7 +26,7 @@ from eemlflow.measure.readings import EnergyReading
 from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.runner.closing import close_run, sigterm_raises
 from eemlflow.runner.outcome import BudgetReached, Reporter, RunOutcome, Terminated
-from eemlflow.runner.ranks import COLLECTIVE_WAIT, PEER_ENDED, FollowerRun, stopped_by_peer
+from eemlflow.runner.ranks import COLLECTIVE_WAIT, PEER_ENDED, FollowerRun, collective_failed, stopped_by_peer
 from eemlflow.store import connect
 from eemlflow.store.environment import environment
 from eemlflow.store.liveness import HeartbeatThread
@@ -96,6 +96,7 @@ def train_run(
     heartbeat: HeartbeatThread | None = None
     idle: IdlePower | None = None  # the devices' idle baseline (idle_baseline_s)
     interrupted: BaseException | None = None
+    by_peer = False  # the run failed because another rank ended: rank 0 names that rank's error
     try:
         with sigterm_raises():
             run.log_segment(point.segment if point else 1, socket.gethostname(), os.getpid(),
@@ -129,12 +130,17 @@ def train_run(
         outcome.checkpoint = str(ckpt) if ckpt.exists() else None
     except (KeyboardInterrupt, Terminated) as e:
         if stopped_by_peer(e, ranks):  # torchrun stopped the ranks left after one ended
-            outcome.status, outcome.error = FAILED, PEER_ENDED
+            outcome.status, outcome.error, by_peer = FAILED, PEER_ENDED, True
         else:
             outcome.status, outcome.error, interrupted = KILLED, f"interrupted by {type(e).__name__}", e
     except Exception as e:  # the run must end FAILED with the error, whatever it was
         outcome.status, outcome.error = FAILED, f"{type(e).__name__}: {e}"
-        log.error("training failed:\n%s", traceback.format_exc())
+        by_peer = collective_failed(e)
+        if ranks.leader:
+            log.error("training failed:\n%s", traceback.format_exc())
+        else:  # one line; rank 0 names it in the run's error (a collective broken by another rank's end, often)
+            log.error("rank %d: training failed: %s", ranks.rank, outcome.error.splitlines()[0][:300])
+            log.debug("rank %d:\n%s", ranks.rank, traceback.format_exc())
         if store is not None:
             post_error(store, ranks.rank, outcome.error)
     finally:
@@ -143,8 +149,9 @@ def train_run(
         if heartbeat is not None:
             heartbeat.stop()
         leave()  # a rank still waiting in a collective with this one fails now, and stops measuring too
-        if store is not None and ranks.leader and outcome.status == FAILED:
-            outcome.error = "; ".join(others_errors(store, ranks.world_size, ranks.rank)) or outcome.error
+        if store is not None and ranks.leader and by_peer:
+            said = others_errors(store, ranks.world_size, ranks.rank)
+            outcome.error = f"{'; '.join(said)} ({outcome.error})" if said else outcome.error
         close_run(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None, idle)
     if outcome.status == FINISHED and not cfg.keep_checkpoint and ranks.leader:
         remove_checkpoint(ckpt)

@@ -39,6 +39,7 @@ from eemlflow.sweep.executors import ExecutorOptions, create_executor, executor_
 from eemlflow.sweep.forecast import grid_total
 from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
 from eemlflow.sweep.scheduler import Sweep
+from eemlflow.sweep.slots import check_fits
 from eemlflow.sweep.tally import Tally
 from eemlflow.training.config import TRUE_WORDS
 
@@ -126,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         executor = create_executor(args.executor, ExecutorOptions(
             mlflow.get_tracking_uri(), gpus, args.ray_address,
             _positive_float(args.ray_cpus_per_cell, "--ray-cpus-per-cell")))
+        try:
+            check_fits(grid.cells, executor.slots, executor.per_gpu)
+        except EemlflowError:
+            executor.close()
+            raise
     except EemlflowError as e:
         return print_error(console, e)
     try:

@@ -43,15 +43,17 @@ class ExecutorOptions:
 
 class Executor(Protocol):
     """Runs cells: ``slots`` says how many at once (each entry the GPU a cell gets, or None: the executor places
-    it), ``checks_data_here`` whether the data must be on the machine that runs the sweep."""
+    it), ``checks_data_here`` whether the data must be on the machine that runs the sweep. ``start`` gets the cell's
+    GPUs (``gpu``: one, or several comma-separated for a cell of several ``processes``)."""
 
     slots: list[str | None]
     checks_data_here: bool
+    per_gpu: bool  # whether a slot is one GPU (a cell of several processes then takes one slot each)
 
     @classmethod
     def from_options(cls, options: ExecutorOptions) -> Executor: ...
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: str | None) -> Job: ...
+              gpu: str | None, processes: int = 1) -> Job: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
 

@@ -47,13 +47,14 @@ class LocalExecutor:
     def __init__(self, gpus: Sequence[str] = ()) -> None:
         self.gpus = list(gpus)
         self.slots: list[str | None] = list(self.gpus) or [None]
+        self.per_gpu = bool(self.gpus)  # without --gpus, a cell of several CPU processes has the machine
 
     @classmethod
     def from_options(cls, options: ExecutorOptions) -> LocalExecutor:
         return cls(options.gpus)
 
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: str | None) -> LocalJob:
+              gpu: str | None, processes: int = 1) -> LocalJob:
         gpu_env = {"CUDA_VISIBLE_DEVICES": gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if gpu is not None else {}
         full = child_env({**env, **gpu_env})
         with open(log_path, "w") as out:

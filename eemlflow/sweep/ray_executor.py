@@ -158,19 +158,25 @@ class RayExecutor:
             self.options = {"num_cpus": cpus_per_cell}
             capacity = max(int(resources.get("CPU", 1) // cpus_per_cell), 1)
         self.slots: list[str | None] = [None] * capacity  # Ray gives each task its GPU
+        self.per_gpu = bool(gpus)
         self._remote = ray.remote(max_retries=0)(_train_cell)
 
     @classmethod
     def from_options(cls, options: ExecutorOptions) -> RayExecutor:
         if options.gpus:
-            raise EemlflowError("--gpus is for the local executor: on Ray, each cell asks Ray for one GPU")
+            raise EemlflowError("--gpus is for the local executor: on Ray, each cell asks Ray for one GPU per process")
         return cls(options.ray_address.strip() or None, options.tracking_uri, options.ray_cpus_per_cell)
 
     def start(self, command: Sequence[str], env: dict[str, str], log_path: str, run_id: str,
-              gpu: str | None) -> RayJob:
+              gpu: str | None, processes: int = 1) -> RayJob:
+        """A Ray task asking for the cell's resources: a cell of several processes asks for one GPU each (on one
+        node: a task is never split), or on a CPU cluster for ``cpus_per_cell`` each."""
         from pathlib import Path
 
-        return RayJob(self._remote.options(**self.options).remote(list(command), env, run_id, Path(log_path).name))
+        options = {**self.options, "num_cpus": self.options["num_cpus"] * processes}
+        if "num_gpus" in options:
+            options["num_gpus"] = processes
+        return RayJob(self._remote.options(**options).remote(list(command), env, run_id, Path(log_path).name))
 
     def describe(self) -> str:
         """Where the cells run, for the sweep's first line."""

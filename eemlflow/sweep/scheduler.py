@@ -13,7 +13,6 @@ import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import Metric, RunTag
@@ -37,31 +36,18 @@ from eemlflow.store.schema import (
 from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
 from eemlflow.store.writer import RetryingWrites, now_ms
 from eemlflow.sweep.bookkeeping import cell_states, has_checkpoint, log_cell_forecast
-from eemlflow.sweep.executors import Executor, Job
+from eemlflow.sweep.executors import Executor
 from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell, Grid
 from eemlflow.sweep.idle_process import slot_baselines
 from eemlflow.sweep.local_executor import LocalExecutor
+from eemlflow.sweep.slots import Slot, claim, release, slots_needed
 from eemlflow.sweep.tally import QuietReporter, SweepReporter, SweepView, Tally
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 2.0  # how often a run trained by another live process is looked at
 CLOSE_WAIT_S = 30.0  # how long a stopped cell's process may take to close its run before the sweep does
-
-
-@dataclass
-class Slot:
-    """A place to run one cell at a time: one GPU (``CUDA_VISIBLE_DEVICES``), the machine, or a Ray task."""
-
-    gpu: str | None
-    cell: Cell | None = None
-    run_id: str = ""
-    process: Job | None = None
-    started: float = 0.0
-    log_path: str = ""
-    resumed: bool = False
-    last_run_id: str = ""
 
 
 class Sweep:
@@ -100,9 +86,12 @@ class Sweep:
             last_watch = 0.0
             while pending or watched or any(s.process for s in self.slots):
                 for slot in self.slots:
-                    if slot.process is None and pending:
+                    if slot.free and pending:
+                        if not claim(self.slots, slot, slots_needed(pending[0][0], self.executor.per_gpu)):
+                            continue  # the next cell waits for enough free GPUs
                         cell, resume = pending.popleft()
                         if not self._within_budget(cell, tally):
+                            release(slot)
                             continue
                         attempts[cell.cell_id] += 1
                         self._start(slot, cell, attempts[cell.cell_id], resume)
@@ -198,7 +187,8 @@ class Sweep:
         if cell.cell_id in self.forecasts:
             log_cell_forecast(self.store, run_id, self.forecasts[cell.cell_id])
         slot.log_path = str(self.logs / f"{cell.config.run_name}-{cell.cell_id}-{attempt}.log")
-        slot.process = self.executor.start(command, env, slot.log_path, run_id, slot.gpu)
+        slot.process = self.executor.start(command, env, slot.log_path, run_id, slot.gpus,
+                                           processes=cell.config.nproc_per_node)
         slot.cell, slot.run_id, slot.started, slot.resumed = cell, run_id, time.time(), bool(resume)
         if resume:
             self.reporter.note(f"{cell.config.run_name}: resuming run {resume} from its checkpoint")
@@ -257,6 +247,7 @@ class Sweep:
         self.reporter.note(line)
         slot.last_run_id = run_id
         slot.cell, slot.process, slot.run_id = None, None, ""
+        release(slot)
         return cell, status
 
     def _interrupt(self, tally: Tally) -> None:
