@@ -26,7 +26,7 @@ def prog(module: str) -> str:
 
 def print_error(console: Console, error: object) -> int:
     """One line, no traceback, the exit code for bad input."""
-    console.print(f"eemlflow: error: {error}", highlight=False, soft_wrap=True)
+    console.print(f"eemlflow: error: {error}", highlight=False, markup=False, soft_wrap=True)
     return EXIT_USAGE
 
 

@@ -93,7 +93,7 @@ def launch(cfg: TrainConfig, argv: Sequence[str], console: Console, verbose: boo
     if returncode == EXIT_USAGE:  # the agent said why (a rendezvous not met)
         return EXIT_USAGE
     console.print(f"eemlflow: error: the run's processes ended (torchrun exit {returncode}) before rank 0 could "
-                  "report: see their errors above", highlight=False, soft_wrap=True)
+                  "report: see their errors above", highlight=False, markup=False, soft_wrap=True)
     return EXIT_FAILED
 
 

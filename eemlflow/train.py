@@ -92,7 +92,8 @@ def _train(args: argparse.Namespace, argv: list[str], console: Console, ranks: R
         )
     except EemlflowError as e:
         if not ranks.leader:
-            Console(stderr=True).print(f"eemlflow: rank {ranks.rank}: error: {e}", highlight=False, soft_wrap=True)
+            Console(stderr=True).print(f"eemlflow: rank {ranks.rank}: error: {e}", highlight=False, markup=False,
+                                       soft_wrap=True)
         return print_error(console, e)
     except KeyboardInterrupt:
         console.print("eemlflow: interrupted: the run was ended KILLED with the energy measured so far")
@@ -100,7 +101,8 @@ def _train(args: argparse.Namespace, argv: list[str], console: Console, ranks: R
     if outcome.unlogged:
         console.print(f"eemlflow: error: the tracking store stayed unreachable; {outcome.unlogged} records of run "
                       f"{outcome.run_id} ({outcome.status}) are kept in {outcome.spool_path}: once the store is back, "
-                      f"run `python -m eemlflow.runs replay {outcome.spool_path}`", highlight=False, soft_wrap=True)
+                      f"run `python -m eemlflow.runs replay {outcome.spool_path}`", highlight=False, markup=False,
+                      soft_wrap=True)
         return EXIT_UNLOGGED
     if outcome.stopped:
         option = "--" + BUDGET_SETTINGS[outcome.budget].replace("_", "-")
@@ -109,20 +111,20 @@ def _train(args: argparse.Namespace, argv: list[str], console: Console, ranks: R
                   f"no checkpoint keeps its epochs (none trained, or checkpoint_every=0): start a new run with a "
                   f"larger {option}")
         console.print(f"eemlflow: stopped by the {outcome.stopped} (run {outcome.run_id} marked KILLED); {resume}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, markup=False, soft_wrap=True)
         return EXIT_BUDGET
     if outcome.status != FINISHED:
         console.print(f"eemlflow: training failed: {outcome.error} (run {outcome.run_id} marked {outcome.status})",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, markup=False, soft_wrap=True)
         return EXIT_FAILED
     last = outcome.epochs[-1]
     reading = outcome.energy.reading if outcome.energy else None
     console.print(
         f"done: run {outcome.run_id}  top1 {last.eval_top1:.2f} %  "
         + (f"energy {format_energy(reading)} in {reading.duration_s:.1f} s" if reading else "energy not measured"),
-        highlight=False, soft_wrap=True,
+        highlight=False, markup=False, soft_wrap=True,
     )
-    console.print(f"see it: {outcome.url}", highlight=False, soft_wrap=True)
+    console.print(f"see it: {outcome.url}", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

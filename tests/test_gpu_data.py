@@ -95,6 +95,25 @@ def test_loader_batches_are_normalised_shuffled_and_drop_the_last_partial_batch(
     assert seen != data.train.labels[:len(seen)].tolist()  # shuffled
 
 
+def test_two_ranks_shares_split_each_epochs_shuffle_and_the_evaluation_images_exactly():
+    data = load_data("digits")
+    n = len(data.train)
+    identity = np.arange(n, dtype=np.int64)  # each image's label is its index: what a rank saw, exactly
+
+    def shares(is_training: bool) -> list[list[int]]:
+        loaders = [DeviceLoader(data.train.images, identity, batch_size=32, is_training=is_training,
+                                input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.95,
+                                device=torch.device("cpu"), seed=7, shard=(rank, 2)) for rank in (0, 1)]
+        return [torch.cat([y for _, y in loader]).tolist() for loader in loaders]
+
+    first, second = shares(is_training=True)
+    assert len(first) == len(second) == (n // 2) // 32 * 32  # the same whole batches on every rank
+    assert not set(first) & set(second)  # one shuffle, split: no image twice in an epoch
+    assert first != sorted(first)
+    first, second = shares(is_training=False)
+    assert sorted(first + second) == list(range(n))  # the whole evaluation set, each image once
+
+
 def test_batches_are_normalised_exactly_as_the_reference_formula():
     data = load_data("digits")
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -233,3 +233,15 @@ def test_a_sweep_gives_a_cell_of_two_processes_two_gpus_of_its_list(store, tmp_p
     assert sorted(r.data.tags["gpu.cuda_visible_devices"] for r in cells) == ["0,1", "2,3"]
     assert {r.data.params["world_size"] for r in cells} == {"2"}
     assert all(r.data.tags["eemlflow.rank.1"].endswith("final=yes") for r in cells)
+
+
+def test_a_budget_stops_every_rank_before_the_same_epoch(store, tmp_path):
+    done = run_cli(["eemlflow.train", *CELL, "--epochs", "30", "--nproc-per-node", "2", "--time-budget-s", "3"],
+                   tracking_uri=store, cwd=tmp_path, timeout=600)
+    assert done.returncode == 4, done.stderr[-3000:]  # no rank went on into an epoch the others did not train
+    assert "stopped by the time budget" in done.stderr and "Traceback" not in done.stderr
+    [run] = runs(store)
+    assert run.info.status == "KILLED" and run.data.tags["eemlflow.stopped"].startswith("time budget")
+    epochs = len(MlflowClient(store).get_metric_history(run.info.run_id, "epoch/eval_top1"))
+    assert 1 <= epochs < 30 and run.data.tags["eemlflow.stopped"].endswith(f"after {epochs} of 30 epochs")
+    assert run.data.tags["eemlflow.rank.1"].endswith("final=yes")

@@ -4,7 +4,8 @@ Owns CodeCarbon's tracker behind Zeus-style begin/end windows (``energy``: ``Ene
 windows return (``readings``: ``EnergyReading``, ``EnergyResult``, ``Provenance``, resumed segments), the rules
 that make figures suspect (``suspicion``), the hardware counters CodeCarbon is checked against (``counters``:
 NVML, RAPL), NVIDIA's library opened in one place (``nvml``), the share of a host's CPU and RAM charged to each of
-its concurrent trainings (``host_share``), the devices' idle baseline (``idle``), unit factors (``units``), a run's
+its concurrent trainings (``host_share``), one run's energy summed over its ranks, each GPU and each node's
+CPU/RAM counted once (``ranks``), the devices' idle baseline (``idle``), unit factors (``units``), a run's
 projected totals and its budgets (``projection``) and the choice of the GPU to measure (``gpu_ids``). May import
 ``eemlflow.errors``, ``eemlflow.atomic``, CodeCarbon and NVML; nothing of training, MLflow or the CLIs.
 """

@@ -9,7 +9,8 @@ from datetime import timedelta
 from eemlflow.runner.outcome import Terminated
 from eemlflow.training.ranks import Ranks, stop_requested
 
-# The error of a run whose rank was stopped by torchrun because another rank ended first (killed, or failed).
+# The error of a run whose rank was stopped by torchrun because another rank ended first (killed, or failed), and of
+# one whose collective with the other ranks broke (one of them ended, or the network).
 PEER_ENDED = ("another process of the run ended first (killed, or failed: see its output); torchrun stopped the "
               "others")
 # How long a rank waits for the others at a window boundary or for the run's id (DDP keeps them close).
@@ -42,3 +43,10 @@ def collective_failed(error: BaseException) -> bool:
     import torch.distributed as dist
 
     return isinstance(error, dist.DistError)
+
+
+def peer_lost(error: BaseException) -> str:
+    """The run's error when a collective broke: another rank ended or stopped answering (torch's first line)."""
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return (f"another process of the run ended first or stopped answering: a collective with it failed "
+            f"({type(error).__name__}: {first})")

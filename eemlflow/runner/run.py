@@ -26,7 +26,14 @@ from eemlflow.measure.readings import EnergyReading
 from eemlflow.resume import ResumePoint, prepare_resume
 from eemlflow.runner.closing import close_run, sigterm_raises
 from eemlflow.runner.outcome import BudgetReached, Reporter, RunOutcome, Terminated
-from eemlflow.runner.ranks import COLLECTIVE_WAIT, PEER_ENDED, FollowerRun, collective_failed, stopped_by_peer
+from eemlflow.runner.ranks import (
+    COLLECTIVE_WAIT,
+    PEER_ENDED,
+    FollowerRun,
+    collective_failed,
+    peer_lost,
+    stopped_by_peer,
+)
 from eemlflow.store import connect
 from eemlflow.store.environment import environment
 from eemlflow.store.liveness import HeartbeatThread
@@ -136,9 +143,12 @@ def train_run(
     except Exception as e:  # the run must end FAILED with the error, whatever it was
         outcome.status, outcome.error = FAILED, f"{type(e).__name__}: {e}"
         by_peer = collective_failed(e)
-        if ranks.leader:
+        if by_peer:
+            outcome.error = peer_lost(e)
+        if ranks.leader and not by_peer:
             log.error("training failed:\n%s", traceback.format_exc())
-        else:  # one line; rank 0 names it in the run's error (a collective broken by another rank's end, often)
+        else:  # one line: a collective broken by another rank's end (rank 0 names that rank's error), or a rank's
+            # own error, which rank 0 names in the run's error
             log.error("rank %d: training failed: %s", ranks.rank, outcome.error.splitlines()[0][:300])
             log.debug("rank %d:\n%s", ranks.rank, traceback.format_exc())
         if store is not None:

@@ -1,9 +1,11 @@
 """Training: what a run is (``TrainConfig``), its data, its model and the study's recipe, epoch by epoch.
 
 Owns the settings and their defaults (``config``), CIFAR/digits/synthetic images (``data``), timm model creation
-(``models``), the recipe built from timm's factories and the epoch loop (``recipe``), and the same augmentations
-done batch-wise on the device (``device_data``). The bottom floor: it may import ``eemlflow.errors``, torch, timm
-and numpy — nothing of energy measurement, MLflow or the command lines, so that it can be reused and tested alone.
+(``models``), the recipe built from timm's factories and the epoch loop (``recipe``), the same augmentations
+done batch-wise on the device (``device_data``), and data-parallel training over torchrun's ranks (``ranks``: who
+this process is; ``distributed``: the process group, DDP and the sums over ranks). The bottom floor: it may import
+``eemlflow.errors``, torch, timm and numpy — nothing of energy measurement, MLflow or the command lines, so that it
+can be reused and tested alone.
 """
 
 from eemlflow.lazy import lazy_exports

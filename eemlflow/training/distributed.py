@@ -1,11 +1,10 @@
-"""Data-parallel training across processes started by PyTorch's launcher (``torchrun``): who this process is, its
-device, the process group, the DistributedDataParallel wrap and the sums over ranks.
+"""Data-parallel training across the processes started by PyTorch's launcher (``torchrun``): this rank's device,
+the process group, the DistributedDataParallel wrap, the sums over ranks, and what ranks tell each other.
 
-The launcher (``torch.distributed.run``) sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE`` and
-``GROUP_RANK`` (the node) in each process; ``Ranks.from_environment`` reads them, and a process started without it
-is the one rank of a world of one, for which every function here is the identity. NCCL on GPUs, gloo on the CPU.
-The launcher also hosts a key-value store (``MASTER_ADDR:MASTER_PORT``) that outlives any one rank: ``side_store``
-connects to it, so that what a rank must tell the others (its energy) survives the rank's death.
+Every function is the identity for a world of one (``Ranks()``, a process started without torchrun). NCCL on GPUs,
+gloo on the CPU. The launcher also hosts a key-value store (``MASTER_ADDR:MASTER_PORT``) that outlives any one
+rank: ``side_store`` connects to it, so that what a rank must tell the others (its energy, its error) survives the
+rank's death.
 """
 
 from __future__ import annotations
