@@ -151,7 +151,7 @@ def train_run(
             # own error, which rank 0 names in the run's error
             log.error("rank %d: training failed: %s", ranks.rank, outcome.error.splitlines()[0][:300])
             log.debug("rank %d:\n%s", ranks.rank, traceback.format_exc())
-        if store is not None:
+        if store is not None and not by_peer:  # its own error, for rank 0 to name
             post_error(store, ranks.rank, outcome.error)
     finally:
         if reporter:
