@@ -38,11 +38,16 @@ def stopped_by_peer(error: BaseException, ranks: Ranks) -> bool:
     return isinstance(error, Terminated) and ranks.distributed and not stop_requested()
 
 
-def collective_failed(error: BaseException) -> bool:
-    """Whether ``error`` is torch.distributed's: a collective broken by another rank's end (or the network)."""
+def collective_failed(error: BaseException, ranks: Ranks) -> bool:
+    """Whether ``error`` broke a collective of a run of several ranks (another rank ended, or the network):
+    torch.distributed's own errors, and the plain RuntimeError gloo and NCCL raise for a lost peer."""
     import torch.distributed as dist
 
-    return isinstance(error, dist.DistError)
+    if not ranks.distributed:
+        return False
+    text = str(error)
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(word in text for word in ("gloo", "NCCL", "nccl", "c10d")))
 
 
 def peer_lost(error: BaseException) -> str:

@@ -142,7 +142,7 @@ def train_run(
             outcome.status, outcome.error, interrupted = KILLED, f"interrupted by {type(e).__name__}", e
     except Exception as e:  # the run must end FAILED with the error, whatever it was
         outcome.status, outcome.error = FAILED, f"{type(e).__name__}: {e}"
-        by_peer = collective_failed(e)
+        by_peer = collective_failed(e, ranks)
         if by_peer:
             outcome.error = peer_lost(e)
         if ranks.leader and not by_peer:
