@@ -71,6 +71,7 @@ class RankFigures:
     gpu_energy_kwh: float
     cpu_energy_kwh: float
     ram_energy_kwh: float
+    duration_s: float  # this rank's measured window (each rank's tracker starts when the rank is ready)
     final: bool
 
 
@@ -206,5 +207,5 @@ def _figures(rank: int, record: dict, final: bool) -> RankFigures:
     def kwh(key: str) -> float:
         return float(record.get(key) or 0.0)
     return RankFigures(rank, str(record.get("host", "")), str(record.get("gpu_ids", "")), kwh("energy_consumed"),
-                       kwh("gpu_energy"), kwh("cpu_energy"), kwh("ram_energy"), final)
+                       kwh("gpu_energy"), kwh("cpu_energy"), kwh("ram_energy"), kwh("duration"), final)
 

@@ -24,7 +24,7 @@ from eemlflow.measure.projection import Budgets, Projector
 from eemlflow.measure.ranks import RankMeter
 from eemlflow.measure.readings import EnergyReading
 from eemlflow.resume import ResumePoint, prepare_resume
-from eemlflow.runner.closing import close_run, sigterm_raises
+from eemlflow.runner.closing import close_run, signals_ignored, sigterm_raises
 from eemlflow.runner.outcome import BudgetReached, Reporter, RunOutcome, Terminated
 from eemlflow.runner.ranks import (
     COLLECTIVE_WAIT,
@@ -145,24 +145,24 @@ def train_run(
         by_peer = collective_failed(e, ranks)
         if by_peer:
             outcome.error = peer_lost(e)
-        if ranks.leader and not by_peer:
-            log.error("training failed:\n%s", traceback.format_exc())
-        else:  # one line: a collective broken by another rank's end (rank 0 names that rank's error), or a rank's
-            # own error, which rank 0 names in the run's error
+        if not ranks.leader:  # one line: its own error (rank 0 names it in the run's error) or a broken collective
             log.error("rank %d: training failed: %s", ranks.rank, outcome.error.splitlines()[0][:300])
             log.debug("rank %d:\n%s", ranks.rank, traceback.format_exc())
+        elif not by_peer:  # rank 0's own failure; a lost peer is the command's one line
+            log.error("training failed:\n%s", traceback.format_exc())
         if store is not None and not by_peer:  # its own error, for rank 0 to name
             post_error(store, ranks.rank, outcome.error)
-    finally:
-        if reporter:
-            reporter.end()
-        if heartbeat is not None:
-            heartbeat.stop()
-        leave()  # a rank still waiting in a collective with this one fails now, and stops measuring too
-        if store is not None and ranks.leader and by_peer:
-            said = others_errors(store, ranks.world_size, ranks.rank)
-            outcome.error = f"{'; '.join(said)} ({outcome.error})" if said else outcome.error
-        close_run(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None, idle)
+    finally:  # a stop signal now (torchrun's, after another rank ended) must not cut the closing short
+        with signals_ignored():
+            if reporter:
+                reporter.end()
+            if heartbeat is not None:
+                heartbeat.stop()
+            leave()  # a rank still waiting in a collective with this one fails now, and stops measuring too
+            if store is not None and ranks.leader and by_peer:
+                said = others_errors(store, ranks.world_size, ranks.rank)
+                outcome.error = f"{'; '.join(said)} ({outcome.error})" if said else outcome.error
+            close_run(run, monitor, outcome, progress.earlier, trained if cfg.log_model else None, idle)
     if outcome.status == FINISHED and not cfg.keep_checkpoint and ranks.leader:
         remove_checkpoint(ckpt)
     if interrupted is not None:

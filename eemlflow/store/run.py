@@ -267,7 +267,7 @@ class TrainingRun:
 
     def log_ranks(self, ranks: Sequence[RankFigures]) -> None:
         """Each rank's part of a run of several processes (``measure.ranks.RankFigures``), under its own keys."""
-        figures = ("energy_kwh", "gpu_energy_kwh", "cpu_energy_kwh", "ram_energy_kwh")
+        figures = ("energy_kwh", "gpu_energy_kwh", "cpu_energy_kwh", "ram_energy_kwh", "duration_s")
         self._log(metrics={schema.RANK_METRIC.format(rank=r.rank, figure=f): getattr(r, f)
                            for r in ranks for f in figures},
                   tags={schema.RANK_TAG.format(rank=r.rank): f"host={r.host} gpus={r.gpu_ids or 'none'} "
