@@ -44,10 +44,15 @@ def check_hosting(cfg: TrainConfig) -> None:
         where = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
         raise EemlflowError(f"nproc_per_node={n} but torch sees {gpus} GPU(s) here{where}: one process trains on one "
                             f"GPU, so use nproc_per_node={gpus} or fewer")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     if not gpus and n > cores:
         raise EemlflowError(f"nproc_per_node={n} CPU processes need a core each, and this machine gives the run "
                             f"{cores}: use nproc_per_node={cores} or fewer")
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the system says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def torchrun_arguments(cfg: TrainConfig) -> list[str]:
@@ -69,8 +74,7 @@ def launch(cfg: TrainConfig, argv: Sequence[str], console: Console, verbose: boo
             env.setdefault("LOGLEVEL", "CRITICAL")
             env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
         if cfg.nproc_per_node > 1 and "OMP_NUM_THREADS" not in env:  # the node's cores shared, not oversubscribed
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            env["OMP_NUM_THREADS"] = str(max(1, cores // cfg.nproc_per_node))
+            env["OMP_NUM_THREADS"] = str(max(1, _cores() // cfg.nproc_per_node))
         command = [sys.executable, "-m", "eemlflow.launch", *torchrun_arguments(cfg), "--module", "eemlflow.train",
                    *argv]
         agent = subprocess.Popen(command, env=env, start_new_session=True)

@@ -35,7 +35,13 @@ from eemlflow.measure.host_share import Attribution, HostLedger
 from eemlflow.measure.methods import RAM_METHOD, tracker_methods
 from eemlflow.measure.nvml import GpuSet, compute_pids, gpu_names
 from eemlflow.measure.read_clock import ReadClock, unix_time
-from eemlflow.measure.readings import EnergyReading, EnergyResult, Provenance, combine_segments
+from eemlflow.measure.readings import (
+    EnergyReading,
+    EnergyResult,
+    Provenance,
+    combine_segments,
+    counters_over_segments,
+)
 from eemlflow.measure.suspicion import suspicions
 
 log = logging.getLogger(__name__)
@@ -185,11 +191,7 @@ class EnergyMonitor:
             log.warning("energy tracking failed: %s", self.failure)
         host = GpuSet.of_names(gpu_names())  # every GPU of the host, measured or not
         record = None if self.failure else combine_segments(earlier_segments, final)
-        totals = {}  # a counter missing in any segment leaves the run without that figure
-        for name, kwh in counters.items():
-            values = [kwh, *(seg.get(name) for seg in earlier_segments)]
-            if all(v is not None for v in values):
-                totals[name] = sum(values)
+        totals = counters_over_segments(counters, earlier_segments)
         result = EnergyResult(record, self.provenance(), (), self.failure, counters=totals,
                               host_gpu_count=host.count, host_gpu_model=host.model,
                               cpu_ram_share=self._attribution.share, other_gpu_pids=tuple(sorted(self._neighbours)),

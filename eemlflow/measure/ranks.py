@@ -24,7 +24,13 @@ from typing import Any
 
 from eemlflow.measure.counters import BY_NAME
 from eemlflow.measure.energy import EnergyMonitor
-from eemlflow.measure.readings import EnergyReading, EnergyResult, combine_segments, counter_figures
+from eemlflow.measure.readings import (
+    EnergyReading,
+    EnergyResult,
+    combine_segments,
+    counter_figures,
+    counters_over_segments,
+)
 from eemlflow.measure.suspicion import suspicions
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,7 @@ FINAL_WAIT_S = 15.0  # how long rank 0 waits for another rank's final record onc
 
 _SUMMED = ("emissions", "cpu_energy", "gpu_energy", "ram_energy", "energy_consumed", "water_consumed",
            "cpu_power", "gpu_power", "ram_power", "gpu_count")
+_MARKS = ("host", "gpu_ids", "reads_host")  # what a rank's posted record says of where it ran, beside its figures
 _MEAN = ("cpu_utilization_percent", "gpu_utilization_percent", "ram_utilization_percent")
 
 
@@ -98,8 +105,7 @@ class RankMeter:
 
     def _post(self, key: str, record: dict | None) -> dict | None:
         """Post this rank's ``record`` marked with where it ran; what was posted."""
-        mark = {"host": socket.gethostname(), "gpu_ids": ",".join(map(str, self.gpu_ids)),
-                "reads_host": self.host_leader}
+        mark = dict(zip(_MARKS, (socket.gethostname(), ",".join(map(str, self.gpu_ids)), self.host_leader)))
         posted = None if record is None else {**record, **mark}
         self._store.set(key, json.dumps(posted, default=str))
         return posted
@@ -140,8 +146,7 @@ class RankMeter:
 
     def record_so_far(self) -> dict | None:
         """The run's summed record at the last boundary, for a checkpoint (as one process's would be)."""
-        return None if self._sum is None else {k: v for k, v in self._sum.items()
-                                               if k not in ("host", "gpu_ids", "reads_host")}
+        return None if self._sum is None else {k: v for k, v in self._sum.items() if k not in _MARKS}
 
     def live(self) -> EnergyReading | None:
         """For displays: this rank's live totals plus the other ranks' at the last boundary."""
@@ -172,13 +177,7 @@ class RankMeter:
         run = combine_ranks(finals)
         last = dataclasses.replace(own.record, **{k: v for k, v in run.items() if k in own.record.values})
         combined = combine_segments(earlier_segments, last)
-        counters = counter_figures(run)
-        for name in list(counters):
-            values = [seg.get(name) for seg in earlier_segments]
-            if all(v is not None for v in values):
-                counters[name] += sum(values)
-            else:
-                del counters[name]
+        counters = counters_over_segments(counter_figures(run), earlier_segments)
         gpu_ids = ",".join(f["gpu_ids"] for f in finals if f.get("gpu_ids"))
         provenance = dataclasses.replace(
             own.provenance, gpu_ids=gpu_ids,

@@ -178,6 +178,17 @@ _TIME_WEIGHTED = ("cpu_power", "gpu_power", "ram_power", "cpu_utilization_percen
                   "ram_utilization_percent", "ram_used_gb")
 
 
+def counters_over_segments(last: Mapping[str, float | None], earlier: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Each counter's kWh over every segment (``last``'s figures plus the ``earlier`` segments' records); a counter
+    missing in any segment leaves the run without that figure (never part of a run's energy)."""
+    totals = {}
+    for name, kwh in last.items():
+        values = [kwh, *(seg.get(name) for seg in earlier)]
+        if all(v is not None for v in values):
+            totals[name] = sum(values)
+    return totals
+
+
 def combine_segments(earlier: Sequence[dict], last: EmissionsData) -> EmissionsData:
     """One record for a run trained in several segments: energies, emissions and duration summed, CodeCarbon's
     mean powers and utilisations weighted by each segment's duration, the rate recomputed; the hardware,

@@ -4,13 +4,21 @@ description built from them."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import mlflow
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from eemlflow.store import schema
+from eemlflow.store.writer import with_retries
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
+
+log = logging.getLogger(__name__)
 
 
 def dataset_params(data: ImageData) -> dict[str, str]:
@@ -48,3 +56,22 @@ def run_description(cfg: TrainConfig, data: ImageData, device: str, input_size: 
         f"{'' if cfg.country_given else ', the default'})."
     )
 
+
+
+def log_input(client: MlflowClient, run_id: str, dataset: Any, context: str) -> str | None:
+    """Record a dataset input on the run; a concurrent writer of the same dataset or a store hiccup never fails the
+    run: None when recorded, else why not (for the run's ``INPUT_NOT_RECORDED_TAG``).
+
+    The store checks whether the dataset exists, then inserts it: two runs doing so at once collide on the
+    database's UNIQUE constraint. A second attempt finds the other writer's record and links to it.
+    """
+    for attempt in (1, 2):
+        try:
+            with_retries(lambda: client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                         [InputTag(MLFLOW_DATASET_CONTEXT, context)])]), "log_inputs")
+            return None
+        except Exception as e:
+            if attempt == 2:
+                log.warning("dataset %s not recorded on the run: %s", dataset.name, str(e).splitlines()[0][:200])
+                return str(e).splitlines()[0][:500]
+            time.sleep(0.5)

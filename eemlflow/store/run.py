@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import mlflow
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.idle import IdlePower
@@ -28,7 +26,7 @@ from eemlflow.measure.ranks import RankFigures
 from eemlflow.measure.readings import EnergyReading, EnergyResult
 from eemlflow.store import StoreWriter, convert, experiment_id_for, schema
 from eemlflow.store.connect import describe_store_error, no_http_retries
-from eemlflow.store.data_record import dataset_params, mlflow_dataset, run_description
+from eemlflow.store.data_record import dataset_params, log_input, mlflow_dataset, run_description
 from eemlflow.store.system_metrics import start_system_metrics
 from eemlflow.store.urls import EXPERIMENT_KIND_TAG, TRAINING_KIND, run_url, ui_hint
 from eemlflow.store.writer import now_ms, spool_path_for, with_retries
@@ -155,26 +153,9 @@ class TrainingRun:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns that a path "can be interpreted in multiple ways"
             for split, ds in (("training", data.train), ("eval", data.eval)):
-                self._log_input(mlflow_dataset(data, ds, split), split)
-
-    def _log_input(self, dataset: Any, context: str) -> None:
-        """Record a dataset input; a concurrent writer of the same dataset or a store hiccup never fails the run.
-
-        The store checks whether the dataset exists, then inserts it: two runs doing so at once collide on the
-        database's UNIQUE constraint. A second attempt finds the other writer's record and links to it.
-        """
-        for attempt in (1, 2):
-            try:
-                with_retries(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
-                             [InputTag(MLFLOW_DATASET_CONTEXT, context)])]), "log_inputs")
-                return
-            except Exception as e:
-                if attempt == 2:
-                    log.warning("dataset %s not recorded on the run: %s", dataset.name, str(e).splitlines()[0][:200])
-                    tag = schema.INPUT_NOT_RECORDED_TAG.format(context=context)
-                    self._log(tags={tag: str(e).splitlines()[0][:500]})
-                else:
-                    time.sleep(0.5)
+                refused = log_input(self.client, self.run_id, mlflow_dataset(data, ds, split), split)
+                if refused is not None:
+                    self._log(tags={schema.INPUT_NOT_RECORDED_TAG.format(context=split): refused})
 
     def log_epoch(self, result: EpochResult, energy: EnergyReading | None, total: EnergyReading | None,
                   projection: Projection | None = None) -> None:
