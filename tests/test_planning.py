@@ -9,12 +9,14 @@ import pytest
 from conftest import REPO, cli_env, run_cli
 from mlflow.tracking import MlflowClient
 
+from eemlflow.measure.projection import Budgets, Projector
+from eemlflow.measure.readings import EnergyReading
 from eemlflow.runner import train_run
 from eemlflow.store.schema import EPOCH, STOPPED_TAG
 from eemlflow.sweep.__main__ import main as sweep_main
 from eemlflow.training import TrainConfig
 
-EPOCHS = 8  # room for a run up to 4x faster than the reference to still meet a 2-epoch budget
+EPOCHS = 8
 TINY = TrainConfig(model="test_resnet", dataset="digits", epochs=EPOCHS, batch_size=32, img_size=16, workers=0)
 # budget setting -> (the per-epoch metric it limits, the run's total so far, the projection of the total)
 LIMITS = {
@@ -38,10 +40,17 @@ def reference(tmp_path_factory):
     return {setting: history(client, outcome.run_id, epoch_key) for setting, (epoch_key, _, _) in LIMITS.items()}
 
 
+def two_and_a_half_epochs(per_epoch: list[float]) -> float:
+    """A budget that stops a run mid-way however busy the machine is for it or was for the reference: 2.5 of the
+    reference's cheapest epoch (its speed with nothing beside it) lets at most 2 epochs of the same speed start, and
+    a run slowed by other work beside it stops after its first (an epoch's cost here varies 5x with the load)."""
+    return 2.5 * min(per_epoch)
+
+
 @pytest.mark.parametrize("setting", sorted(LIMITS))
 def test_a_budget_stops_the_run_before_the_epoch_that_would_cross_it(setting, reference, store, tmp_path):
     per_epoch = reference[setting]
-    budget = sum(per_epoch[:2])  # two epochs' worth: stops after 1 to 7 epochs unless this run is 4x faster
+    budget = two_and_a_half_epochs(per_epoch)
     outcome = train_run(TINY.replace(**{setting: budget}), tracking_uri=store, system_metrics=False)
     assert outcome.status == "KILLED" and outcome.stopped and outcome.error is None
     done = len(outcome.epochs)
@@ -69,8 +78,7 @@ def test_a_budget_stops_the_run_before_the_epoch_that_would_cross_it(setting, re
 def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(reference, store, tmp_path):
     tiny = ["--model", "test_resnet", "--dataset", "digits", "--epochs", str(EPOCHS), "--img-size", "16",
             "--workers", "0", "--no-system-metrics"]
-    per_epoch = reference["energy_budget_kwh"]
-    budget = sum(per_epoch[:2])  # two epochs' worth, as above
+    budget = two_and_a_half_epochs(reference["energy_budget_kwh"])
     stopped = run_cli(["eemlflow.train", *tiny, "--energy-budget-kwh", repr(budget)], tracking_uri=store)
     assert stopped.returncode == 4 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
     assert " INFO " not in stopped.stderr and "offline tracker init" not in stopped.stderr  # only with --verbose
@@ -151,3 +159,50 @@ def test_the_grids_budget_counts_cells_done_before_done_now_running_and_the_next
     assert sweep._within_budget(nxt, tally)
     sweep.budget_kwh = None
     assert sweep._within_budget(other, Tally(total=3, energy_kwh=99.0))  # no budget: anything starts
+
+
+def reading(kwh: float) -> EnergyReading:
+    """An epoch (or a total) costing ``kwh``, with its time and emissions in fixed proportion (s, kg) to tell them
+    apart."""
+    return EnergyReading(duration_s=kwh * 100, energy_kwh=kwh, cpu_energy_kwh=kwh, gpu_energy_kwh=0.0,
+                         ram_energy_kwh=0.0, emissions_kg=kwh * 0.4)
+
+
+def test_the_projection_is_the_spent_total_plus_the_remaining_epochs_at_the_recent_stable_epochs_mean():
+    projector = Projector(epochs=8)
+    assert projector.next_epoch() is None
+    total = 5.0  # the start-up, before the first epoch: in the total, counted once
+    expected_next = {1: 10.0,  # only the first epoch known: it stands for the others
+                     2: 2.0,  # the first (one-off costs) left out once a later epoch is measured
+                     3: 3.0,  # (2 + 4) / 2
+                     4: 3.0,  # (2 + 4 + 3) / 3
+                     5: 13 / 3,  # the latest three stable ones: (4 + 3 + 6) / 3
+                     8: 14 / 3}  # (4 + 5 + 5) / 3; nothing left to project after the last epoch
+    for done, cost in enumerate([10.0, 2.0, 4.0, 3.0, 6.0, 4.0, 5.0, 5.0], start=1):
+        total += cost
+        projection = projector.add(reading(cost), reading(total))
+        assert projection.epochs_done == done
+        if done in expected_next:
+            left = 8 - done
+            assert projection.next_epoch.energy_kwh == pytest.approx(expected_next[done]), done
+            assert projection.energy_kwh == pytest.approx(total + left * expected_next[done]), done
+            assert projection.duration_s == pytest.approx((total + left * expected_next[done]) * 100), done
+            assert projection.emissions_kg == pytest.approx((total + left * expected_next[done]) * 0.4), done
+    # A resumed run: its earlier segments' mean epoch until it measures one of its own (start-up included there).
+    resumed = Projector(epochs=8, epochs_done=4, spent=reading(20.0))
+    assert resumed.next_epoch().energy_kwh == pytest.approx(5.0)
+    projection = resumed.add(reading(7.0), reading(27.0))
+    assert (projection.epochs_done, projection.energy_kwh) == (5, pytest.approx(27.0 + 3 * 7.0))
+
+
+def test_a_budget_is_breached_by_the_spent_total_plus_the_next_epoch_not_by_either_alone():
+    budgets = Budgets(energy_kwh=10.0)
+    assert budgets.breach(None, reading(100.0)) is None  # nothing spent yet: nothing to stop
+    assert budgets.breach(reading(6.0), reading(4.0)) is None  # exactly at the budget still fits
+    name, why = budgets.breach(reading(6.0), reading(4.5))
+    assert name == "energy" and why == ("energy budget 10 kWh: 6 kWh spent; the next epoch is projected at 4.5 kWh, "
+                                        "10.5 kWh with it")
+    assert Budgets(energy_kwh=10.0).breach(reading(10.5), None)[0] == "energy"  # no estimate: the spent alone
+    assert Budgets(time_s=500.0).breach(reading(3.0), reading(3.0))[0] == "time"  # 600 s
+    assert Budgets(emissions_kg=2.0).breach(reading(3.0), reading(3.0))[0] == "emissions"  # 2.4 kg
+    assert Budgets(emissions_kg=2.5, time_s=700.0).breach(reading(3.0), reading(3.0)) is None

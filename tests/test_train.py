@@ -82,12 +82,19 @@ def test_the_readmes_first_command_learns_and_puts_every_study_column_on_the_run
     errors = history[schema.EPOCH.projection_error_pct]
     projected = history[schema.EPOCH.projected_energy_kwh][2]
     assert errors[2] == pytest.approx((projected / row["energy_consumed"] - 1) * 100)
-    # After 3 of 8 epochs the projection is within ~15 % on a quiet machine (README); the suite runs beside other
-    # tests, which changes the later epochs' speed, so the bound here is one that a wrong projection (a missing or
-    # double-counted epoch, the start-up counted per epoch) breaks and a busy machine does not.
-    assert abs(errors[2]) <= 40, errors
-    assert abs(history[schema.EPOCH.projected_duration_s][2] / row["duration"] - 1) <= 0.4
-    assert abs(history[schema.EPOCH.projected_emissions_kg][2] / row["emissions"] - 1) <= 0.4
+    # The projection after epoch 3 from what the run logged: spent so far plus the 5 epochs left at the mean of epochs
+    # 2 and 3 (the first carries one-off costs; the arithmetic itself is tested in test_planning.py). How close it
+    # comes to the final total (~15 % on a quiet machine, README) depends on the load beside this run: not tested.
+    logged = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+              for key in (schema.EPOCH.energy_kwh, schema.EPOCH.energy_so_far_kwh, schema.EPOCH.duration_s,
+                          schema.EPOCH.duration_so_far_s)}
+    assert projected == pytest.approx(
+        logged[schema.EPOCH.energy_so_far_kwh][2]
+        + 5 * (logged[schema.EPOCH.energy_kwh][1] + logged[schema.EPOCH.energy_kwh][2]) / 2)
+    assert history[schema.EPOCH.projected_duration_s][2] == pytest.approx(
+        logged[schema.EPOCH.duration_so_far_s][2]
+        + 5 * (logged[schema.EPOCH.duration_s][1] + logged[schema.EPOCH.duration_s][2]) / 2)
+    assert -1.0 < errors[-1] <= 0.0  # after the last epoch only the close's last reading is missing from it
     tags = run.data.tags
     assert tags["mlflow.runName"] == "resnet18-digits-e8-b32"
     assert tags["energy.country_source"] == "default"
