@@ -17,6 +17,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One compute thread per process, in this one and every process a test starts (they inherit it): the suite runs on
+# as many workers as cores (pytest-xdist) and its tests start trainings side by side, and torch's OpenMP threads,
+# two per process on two cores, spin against each other's (the suite took 2,366 s of CPU for 1,009 s with one).
+for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share a module-scoped fixture (a training several tests read) run on one worker, so that it is
+    made once (``--dist loadgroup``), not once per worker that runs one of them."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
+                        if defs and defs[-1].scope == "module")
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
+
 
 @pytest.fixture(autouse=True)
 def _in_a_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -141,7 +141,9 @@ def test_concurrent_trainings_share_the_hosts_cpu_and_ram_as_one_machine_measure
     assert charged == pytest.approx(machine_kwh, rel=0.10)  # one machine, not two
     for r in runs:
         assert r.data.tags["codecarbon.tracking_mode"] == "machine-shared"
-        assert 0.3 < r.data.metrics["summary/cpu_ram_share"] < 0.8
+        # Between a half (the two side by side throughout) and 1 (alone): how much they overlapped depends on how
+        # fast each started; the share's arithmetic is tested below, the machine's total above.
+        assert 0.5 - 1e-9 <= r.data.metrics["summary/cpu_ram_share"] < 1.0
         assert r.data.tags["energy.cpu_ram_attribution"].startswith("shared: ")
         m = r.data.metrics
         assert m["energy_consumed"] == pytest.approx(m["cpu_energy"] + m["gpu_energy"] + m["ram_energy"])
