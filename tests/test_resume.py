@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -73,6 +75,24 @@ def freeze_when(pid: int, ready, timeout: float = 300) -> None:
             os.kill(pid, signal.SIGCONT)
         time.sleep(0.2)
     pytest.fail(f"process {pid} never reached the state to stop it in within {timeout} s")
+
+
+def stop_holding_no_lock(pid: int, db: Path, timeout: float = 60) -> None:
+    """Stop process ``pid`` (SIGSTOP) at a moment it holds no lock on the sqlite store ``db``: stopped in the middle
+    of a read or a write, it would keep every other process from writing (seen: the rerun's "database is locked")."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        os.kill(pid, signal.SIGSTOP)
+        with contextlib.closing(sqlite3.connect(db, timeout=0)) as probe:
+            try:
+                probe.execute("BEGIN EXCLUSIVE")  # refused while any other connection holds a lock
+                probe.rollback()
+                return
+            except sqlite3.OperationalError:
+                pass
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.1)
+    pytest.fail(f"process {pid} held a lock on {db} each time it was stopped for {timeout} s")
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -216,7 +236,7 @@ def test_a_killed_sweep_reruns_each_cell_once(store, tmp_path, kill_child, run_m
         while process_alive(child_pid):
             time.sleep(0.1)
     else:  # the child lives on; held still until the rerun has seen it train, however fast this machine is
-        os.kill(child_pid, signal.SIGSTOP)
+        stop_holding_no_lock(child_pid, Path(store.removeprefix("sqlite:///")))
     rerun_process = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid)], cwd=tmp_path,
                                      env={**cli_env(store), **BEAT}, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
@@ -237,6 +257,12 @@ def test_a_killed_sweep_reruns_each_cell_once(store, tmp_path, kill_child, run_m
         assert "FINISHED by the process that was training it" in words, rerun
     steps = sorted(m.step for m in client.get_metric_history(child_run.info.run_id, "train_loss"))
     assert steps == list(range(1, 6))
+    # What the killed child measured after its checkpoint is its run's lost energy, and the sweep's sum of them;
+    # a child left alive loses nothing.
+    lost = runs[0].data.metrics.get("lost_energy_kwh")
+    assert (lost is not None) == kill_child, runs[0].data.metrics
+    [parent] = [r for r in client.search_runs([runs[0].info.experiment_id]) if "eemlflow.cell_id" not in r.data.tags]
+    assert parent.data.metrics["sweep_lost_energy_kwh"] == pytest.approx(lost or 0.0, rel=1e-9, abs=0)
     rows = csv_rows(store, run_main)
     assert list(rows["run_id"]) == [child_run.info.run_id]
 

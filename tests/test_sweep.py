@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -261,3 +262,41 @@ def test_the_launchers_sweep_and_export_entry_points_take_empty_values(store, tm
                             cwd=tmp_path, env=cli_env(store), capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     assert "<h2>Totals</h2>" in (tmp_path / "page" / "report.html").read_text()
+
+
+def test_a_rerun_leaves_a_cell_a_live_process_trains_with_skip_running_and_retrains_a_stale_one_without_checkpoint(
+        store, tmp_path, run_main):
+    import socket
+
+    from eemlflow.store.liveness import Heartbeat
+    from eemlflow.store.schema import HEARTBEAT_TAG
+
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID)
+    live, stale = load_grid(grid).cells  # batch 32 and batch 64
+    client = MlflowClient(store)
+    experiment = client.create_experiment("tiny-sweep")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    fake = {}
+    for cell, pid in ((live, os.getpid()), (stale, gone.pid)):  # as a training of an earlier sweep left it
+        run = client.create_run(experiment, run_name=cell.config.run_name, tags={
+            CELL_TAG: cell.cell_id, HEARTBEAT_TAG: Heartbeat(socket.gethostname(), pid, time.time(), 0).to_tag()})
+        fake[cell.cell_id] = run.info.run_id
+    dry = run_main(sweep_main, [str(grid), "--dry-run"], tracking_uri=store)
+    assert "2 cells: 0 done, 1 running, 0 resumable, 1 failed, 0 pending" in dry.stdout, dry.stdout + dry.stderr
+
+    result = run_main(sweep_main, [str(grid), "--skip-running", "--no-report"], tracking_uri=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 trained, 0 already done, 0 retries, 0 failed" in result.stderr, result.stderr[-2000:]
+    assert "1 left to the process training them" in result.stderr
+    by_cell: dict[str, list] = {}
+    for r in runs(store, "tiny-sweep"):
+        by_cell.setdefault(r.data.tags.get(CELL_TAG), []).append(r)
+    [left] = by_cell[live.cell_id]  # not waited for, not trained again, not touched
+    assert (left.info.run_id, left.info.status) == (fake[live.cell_id], "RUNNING")
+    [ended] = [r for r in by_cell[stale.cell_id] if r.info.run_id == fake[stale.cell_id]]
+    assert ended.info.status == "FAILED" and ended.data.tags["eemlflow.status"] == "FAILED"
+    assert ended.data.tags["eemlflow.error"] == "stale: its process is gone and left no checkpoint here"
+    [anew] = [r for r in by_cell[stale.cell_id] if r.info.run_id != fake[stale.cell_id]]  # trained from scratch
+    assert anew.info.status == "FINISHED" and anew.data.metrics["energy_consumed"] > 0
