@@ -102,9 +102,12 @@ def test_a_budget_stop_is_a_clean_exit_and_resumes_with_a_larger_budget(referenc
     assert launcher.data.tags["eemlflow.resumed_run"] == run_id  # it points at the run it resumed
     errors = history(client, run_id, EPOCH.projection_error_pct)
     assert len(errors) == len(history(client, run_id, EPOCH.projected_energy_kwh)) >= 1
-    # After the last epoch nothing is left to project: only the close's last reading (CodeCarbon measures once more
-    # at its stop, later on a busy machine) is missing from that projection.
-    assert -1.0 < errors[-1] <= 0.0
+    # After the last epoch nothing is left to project: the projection is what was spent by then, and only the close's
+    # last reading (CodeCarbon measures once more at its stop, later on a busy machine) is missing from it.
+    projected = history(client, run_id, EPOCH.projected_energy_kwh)
+    assert projected[-1] == pytest.approx(history(client, run_id, EPOCH.energy_so_far_kwh)[-1], rel=1e-9)
+    assert errors[-1] == pytest.approx((projected[-1] / run.data.metrics["energy_consumed"] - 1) * 100) and \
+        errors[-1] <= 0.0
 
 
 def test_a_forecast_trains_nothing_and_a_grid_budget_starts_no_cell_that_would_cross_it(store, tmp_path, run_main):
