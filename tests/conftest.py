@@ -24,12 +24,6 @@ for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: one worker more than the cores. A third of a test's time is waiting (for a process to start, a
-    checkpoint to appear, a server to answer), which a worker more fills (2 cores: 704 s with 2 workers)."""
-    return (os.cpu_count() or 1) + 1
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that share a module-scoped fixture (a training several tests read) run on one worker, so that it is
     made once (``--dist loadgroup``), not once per worker that runs one of them."""
