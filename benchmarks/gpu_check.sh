@@ -19,7 +19,7 @@ for name in ("torch", "torchvision", "timm", "mlflow", "codecarbon", "pandas", "
 import torch, pynvml
 assert torch.cuda.is_available(), "torch sees no GPU"
 from eemlflow.measure.gpu_ids import measured_gpu_ids
-from eemlflow.training.recipe import device_identity
+from eemlflow.training.devices import device_identity
 ids = measured_gpu_ids(*device_identity(torch.device("cuda", 0)))
 pynvml.nvmlInit()
 h = pynvml.nvmlDeviceGetHandleByIndex(ids[0])

@@ -49,14 +49,8 @@ from eemlflow.measure.units import J_PER_KWH  # noqa: E402
 from eemlflow.sweep import load_grid  # noqa: E402
 from eemlflow.training.config import TrainConfig  # noqa: E402
 from eemlflow.training.datasets import load_data  # noqa: E402
-from eemlflow.training.recipe import (  # noqa: E402
-    build_recipe,
-    device_identity,
-    resolve_device,
-    synchronizer,
-    train_loss_fn,
-    train_step,
-)
+from eemlflow.training.devices import device_identity, resolve_device, synchronizer  # noqa: E402
+from eemlflow.training.recipe import build_recipe, train_loss_fn, train_step  # noqa: E402
 
 VARIANTS = ("step", "faithful", "gpu-path", "fast")
 PREFETCH_FACTOR = 2  # torch DataLoader's default, which timm's create_loader keeps

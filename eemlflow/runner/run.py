@@ -43,6 +43,7 @@ from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, res
 from eemlflow.training.config import TrainConfig
 from eemlflow.training.data import ImageData
 from eemlflow.training.datasets import load_data
+from eemlflow.training.devices import device_identity, resolve_device, synchronizer
 from eemlflow.training.distributed import (
     from_leader,
     join,
@@ -54,14 +55,7 @@ from eemlflow.training.distributed import (
 )
 from eemlflow.training.models import check_model_name
 from eemlflow.training.ranks import Ranks
-from eemlflow.training.recipe import (
-    Recipe,
-    build_recipe,
-    device_identity,
-    resolve_device,
-    run_epochs,
-    synchronizer,
-)
+from eemlflow.training.recipe import Recipe, build_recipe, run_epochs
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ def _measure(cfg: TrainConfig, messages) -> None:
     try:
         from eemlflow.measure.gpu_ids import measured_gpu_ids
         from eemlflow.measure.idle import measure_idle
-        from eemlflow.training.recipe import device_identity, resolve_device, synchronizer
+        from eemlflow.training.devices import device_identity, resolve_device, synchronizer
 
         device = resolve_device(cfg.device)
         gpu_ids = measured_gpu_ids(*device_identity(device))
