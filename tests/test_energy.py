@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +76,48 @@ def test_a_tracker_that_stops_answering_is_a_failure_not_zeros():
     result = monitor.stop()
     assert result.record is None and result.reading is None and result.avg_power_w is None
     assert "stopped reporting" in result.failure and monitor.live() is None
+
+
+def test_codecarbons_timer_never_measures_beside_the_stop_nor_after_it(monkeypatch):
+    """A sample on CodeCarbon's timer thread held inside its RAM reading: the stop waits for it (CodeCarbon's own
+    stop would not, and that sample then died with a TypeError traceback after the tracker had stopped), takes
+    its energy into the final record, and no timer of the tracker fires afterwards."""
+    failures: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(repr(args.exc_value)))
+    monitor = EnergyMonitor("USA", measure_power_secs=0.2, share_host=False)
+    monitor.start()
+    tracker = monitor._tracker
+    timers = {tracker._scheduler, tracker._scheduler_monitor_power}
+    ram = next(h for h in tracker._hardware if type(h).__name__ == "RAM")
+    reading, entered, release = ram.measure_power_and_energy, threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread() and not entered.is_set():
+            entered.set()
+            release.wait(30)
+        return reading(*args, **kwargs)
+
+    monkeypatch.setattr(ram, "measure_power_and_energy", held)
+    assert entered.wait(30), "CodeCarbon's timer never sampled"
+    held_total_kwh = tracker._total_energy.kWh
+    results = []
+    stopper = threading.Thread(target=lambda: results.append(monitor.stop()))
+    stopper.start()
+    stopper.join(1.0)
+    assert stopper.is_alive(), "the stop did not wait for the sample in flight on the timer thread"
+    release.set()
+    stopper.join(30)
+    assert not stopper.is_alive() and results[0].record is not None and monitor.failure is None
+    assert results[0].record.energy_consumed > held_total_kwh  # the held sample's energy is in the final record
+
+    def live_timers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate()
+                if isinstance(t, threading.Timer) and getattr(t.function, "__self__", None) in timers]
+
+    for timer in live_timers():
+        timer.join(5)
+    time.sleep(0.5)  # more than two sampling intervals: a chain still armed would have fired
+    assert live_timers() == [] and failures == []
 
 
 def test_provenance_and_suspicions_on_this_machine():

@@ -6,7 +6,8 @@ that make figures suspect (``suspicion``), the hardware counters CodeCarbon is c
 NVML, RAPL), NVIDIA's library opened in one place (``nvml``), the share of a host's CPU and RAM charged to each of
 its concurrent trainings (``host_share``), one run's energy summed over its ranks, each GPU and each node's
 CPU/RAM counted once (``ranks``), the devices' idle baseline (``idle``), unit factors (``units``), a run's
-projected totals and its budgets (``projection``) and the choice of the GPU to measure (``gpu_ids``). May import
+projected totals and its budgets (``projection``), the choice of the GPU to measure (``gpu_ids``) and CodeCarbon's
+timer kept from measuring beside the monitor or after its stop (``sampling``). May import
 ``eemlflow.errors``, ``eemlflow.atomic``, CodeCarbon and NVML; nothing of training, MLflow or the CLIs.
 """
 

@@ -42,6 +42,7 @@ from eemlflow.measure.readings import (
     combine_segments,
     counters_over_segments,
 )
+from eemlflow.measure.sampling import SerialSampling
 from eemlflow.measure.suspicion import suspicions
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class EnergyMonitor:
             log_level="error",
             allow_multiple_runs=True,  # the lock-file mode disables a second tracker and takes SIGINT
         )
+        self._sampling = SerialSampling(self._tracker)  # its timer never measures beside the monitor, nor after stop
 
     def start(self) -> None:
         """Start measuring (``stop`` gives the run's total). The counters' run window opens when CodeCarbon's start
@@ -115,7 +117,8 @@ class EnergyMonitor:
         self._counters = open_counters(self.gpu_ids, host=self._measure_host)
         self._clock.watch(self._tracker)
         before = self._raw_counters()
-        self._tracker.start()
+        with self._sampling.exclusive():
+            self._tracker.start()
         after = self._raw_counters()
         self._counter_base = self._clock.at("start", before, after, getattr(self._tracker, "_start_time", None))
         self._started_unix_s = unix_time(getattr(self._tracker, "_start_time", None))
@@ -140,17 +143,18 @@ class EnergyMonitor:
         now = self._snapshot()
         return None if now is None else now - start
 
-    def _counters_around(self, report: Callable[[], object]) -> dict[str, float | None]:
-        """CodeCarbon made to read its hardware now, then ``report`` (its ``flush`` or ``stop``), between two
-        readings of the counters: the counters at the moment of its reading, over the run window (kWh, by
-        counter name; None where unavailable). (``flush`` and ``stop`` skip their own reading within 50 ms of one
-        on its timer, which would fall outside the two.)"""
-        before = self._raw_counters()
-        measure = getattr(self._tracker, "_measure_power_and_energy", None)
-        if measure is not None and getattr(self._tracker, "_start_time", None) is not None:  # running
-            measure()
-        report()
-        after = self._raw_counters()
+    def _counters_around(self, report: Callable[[], object], last: bool = False) -> dict[str, float | None]:
+        """CodeCarbon made to read its hardware now, then ``report`` (its ``flush`` or ``stop``; ``last`` for the
+        stop), between two readings of the counters: the counters at the moment of its reading, over the run
+        window (kWh, by counter name; None where unavailable). (``flush`` and ``stop`` skip their own reading
+        within 50 ms of one on its timer, which would fall outside the two.) No timer sample runs in between."""
+        with self._sampling.exclusive(last=last):
+            before = self._raw_counters()
+            measure = getattr(self._tracker, "_measure_power_and_energy", None)
+            if measure is not None and getattr(self._tracker, "_start_time", None) is not None:  # running
+                measure()
+            report()
+            after = self._raw_counters()
         stamp = getattr(self._tracker, "_last_measured_time", None)  # used where a call was not timed
         now = self._clock.at("measure_power_and_energy", before, after, stamp)
         return {k: None if v is None or self._counter_base.get(k) is None else v - self._counter_base[k]
@@ -177,7 +181,7 @@ class EnergyMonitor:
         ``warn``: log each suspicion as a warning (a training does; a forecast's calibration keeps quiet).
         """
         self._wait_for_device(final=True)
-        counters = self._counters_around(self._tracker.stop)
+        counters = self._counters_around(self._tracker.stop, last=True)
         ended_unix_s = unix_time(getattr(self._tracker, "_last_measured_time", None))
         for counter in self._counters.values():
             counter.close()
