@@ -34,6 +34,7 @@ from eemlflow.runner.ranks import (
     peer_lost,
     stopped_by_peer,
 )
+from eemlflow.runner.stopping import AgreedStop
 from eemlflow.store import connect
 from eemlflow.store.environment import environment
 from eemlflow.store.liveness import HeartbeatThread
@@ -55,7 +56,7 @@ from eemlflow.training.distributed import (
 )
 from eemlflow.training.models import check_model_name
 from eemlflow.training.ranks import Ranks
-from eemlflow.training.recipe import Recipe, build_recipe, run_epochs
+from eemlflow.training.recipe import BATCH_LOG_INTERVAL, Recipe, build_recipe, run_epochs
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,10 @@ def train_run(
                 heartbeat = HeartbeatThread(client.tracking_uri, run.run_id, progress.beat(monitor)).start()
             if reporter and ranks.leader:
                 reporter.begin(cfg, run.run_id, len(recipe.train_loader), run.url)
-            _train_epochs(cfg, recipe, run, monitor, progress, outcome, ckpt, heartbeat, reporter)
+            # A stop signal on one rank stops them all at the same batch (a GPU's CPU side may run batches ahead).
+            stop = AgreedStop(store, lead=1 if device.type == "cpu" else BATCH_LOG_INTERVAL + 2)
+            with stop.signals():
+                _train_epochs(cfg, recipe, run, monitor, progress, outcome, ckpt, heartbeat, reporter, stop)
         outcome.status = FINISHED
     except BudgetReached as e:
         outcome.status, outcome.stopped, outcome.budget = KILLED, str(e), e.budget
@@ -180,13 +184,15 @@ def _load_data(cfg: TrainConfig) -> ImageData:
 
 def _train_epochs(cfg: TrainConfig, recipe: Recipe, run: TrainingRun, monitor: EnergyMonitor | RankMeter,
                   progress: _Progress, outcome: RunOutcome, ckpt: Path, heartbeat: HeartbeatThread | None,
-                  reporter: Reporter | None) -> None:
+                  reporter: Reporter | None, stop: AgreedStop) -> None:
     """The epochs left, each in its own energy window: logged with its projection, checkpointed every
-    ``checkpoint_every``, the budgets checked before the next (``BudgetReached`` stops cleanly, every epoch kept)."""
+    ``checkpoint_every``, the budgets checked before the next (``BudgetReached`` stops cleanly, every epoch kept);
+    a stop signal taken at the batch the ranks agree on (``stop``)."""
     projector = Projector(cfg.epochs, progress.epochs_done, progress.spent_before)
     budgets = Budgets(cfg.energy_budget_kwh, cfg.emissions_budget_kg, cfg.time_budget_s)
 
     def on_batch(i: int, n: int, loss: float | None) -> None:
+        stop.at_batch()
         if reporter:
             reporter.batch(i, n, loss, progress.whole_run(monitor.live()))
 
