@@ -190,7 +190,6 @@ def test_a_stop_signal_to_one_rank_stops_every_rank_at_the_same_batch_with_its_f
     assert run.data.tags["eemlflow.rank.0"].endswith("final=yes")
     assert run.data.tags["eemlflow.rank.1"].endswith("final=yes"), run.data.tags
     assert "rank 1" not in run.data.tags.get("energy.suspect", "")
-    assert run.data.metrics["summary/rank1_energy_kwh"] > 0
 
 
 @pytest.mark.parametrize("options, message", [
