@@ -18,6 +18,8 @@ from conftest import cli_env
 from mlflow.tracking import MlflowClient
 from services import free_port
 
+from eemlflow.command import main as command_main
+
 EEMLFLOW = str(Path(sys.executable).parent / "eemlflow")
 SUBCOMMANDS = ("train", "sweep", "export", "ingest", "report", "runs")
 
@@ -30,12 +32,15 @@ def page_text(browser: str, url: str) -> str:
     return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
 
-def test_one_command_with_a_subcommand_per_job(tmp_path):
+def test_one_command_with_a_subcommand_per_job(tmp_path, run_main, monkeypatch):
     listing = subprocess.run([EEMLFLOW, "--help"], capture_output=True, text=True, timeout=60, env=cli_env())
     assert listing.returncode == 0
     assert [line.split()[0] for line in listing.stdout.splitlines() if line.startswith("  ")] == list(SUBCOMMANDS)
+    helped = subprocess.run([EEMLFLOW, "export", "--help"], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: eemlflow export "), helped.stdout
+    monkeypatch.setattr(sys, "argv", [EEMLFLOW])  # each other subcommand through the same dispatch, in this process
     for sub in SUBCOMMANDS:
-        helped = subprocess.run([EEMLFLOW, sub, "--help"], capture_output=True, text=True, timeout=120, env=cli_env())
+        helped = run_main(command_main, [sub, "--help"])
         assert helped.returncode == 0 and helped.stdout.startswith(f"usage: eemlflow {sub} "), (sub, helped.stdout)
     module = subprocess.run([sys.executable, "-m", "eemlflow.export", "--help"], capture_output=True, text=True,
                             timeout=60, env=cli_env())

@@ -37,58 +37,55 @@ def ray_env():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_a_grid_runs_as_ray_tasks_two_at_once_and_a_rerun_trains_nothing(store, tmp_path, ray_env):
+def test_a_grid_runs_as_ray_tasks_two_at_once_retries_a_failing_cell_and_ctrl_c_on_a_rerun_kills_the_rest(
+        store, tmp_path, ray_env):
+    """Two sweeps on a local Ray: the grid's two cells at once and a cell whose data is not on the node retried then
+    reported; then a rerun (2 CPUs a task) trains only what is not done, and Ctrl-C ends its long cell KILLED."""
     grid = tmp_path / "tiny.yaml"
-    grid.write_text(GRID)
+    missing = tmp_path / "not-on-this-node"
+    grid.write_text(GRID + f"  - {{model: test_resnet, dataset: cifar10, data_dir: \"{missing}\"}}\n")
     temp = tmp_path / "tmp"  # the Ray workers' temporary folder (they inherit the local Ray's environment)
     temp.mkdir()
     first = run_cli(["eemlflow.sweep", str(grid), "--executor", "ray", "--no-report"], tracking_uri=store,
                     env={**ray_env, "TMPDIR": str(temp)})
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr[-3000:]
     cpus = os.cpu_count()  # what a local Ray offers
-    assert f"sweep tiny: 2 cells to train, {cpus} at a time (Ray tasks of 1 CPU each)" in first.stderr, first.stderr
-    assert "2 trained, 0 already done" in first.stderr
+    assert f"sweep tiny: 3 cells to train, {cpus} at a time (Ray tasks of 1 CPU each)" in first.stderr, first.stderr
+    assert "2 trained, 0 already done, 1 retries, 1 failed" in first.stderr, first.stderr[-2000:]
     assert [p.name for p in temp.iterdir() if p.name.startswith("eemlflow-")] == []  # each cell's folder removed
     all_runs = runs(store, "tiny-ray")
     [parent] = [r for r in all_runs if CELL_TAG not in r.data.tags]
-    children = [r for r in all_runs if CELL_TAG in r.data.tags]
+    children = [r for r in all_runs if CELL_TAG in r.data.tags and "-digits-" in r.info.run_name]
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     spans = sorted((r.info.start_time, r.info.end_time) for r in children)
     assert spans[1][0] < spans[0][1]  # the two cells ran at once
     assert parent.data.metrics["sweep_energy_kwh"] == pytest.approx(
-        sum(r.data.metrics["energy_consumed"] for r in children), rel=1e-9)
+        sum(r.data.metrics["energy_consumed"] for r in all_runs if CELL_TAG in r.data.tags
+            and "energy_consumed" in r.data.metrics), rel=1e-9)
     client = MlflowClient(store)
     for child in children:  # each task attached its cell's output from the node, saying which node
         [log] = [a.path for a in client.list_artifacts(child.info.run_id) if a.path.endswith(".log")]
         text = Path(client.download_artifacts(child.info.run_id, log, str(tmp_path))).read_text()
         assert text.startswith("[eemlflow] cell on Ray node ") and "done: run " in text
-    again = run_cli(["eemlflow.sweep", str(grid), "--executor", "ray", "--no-report", "--ray-cpus-per-cell", "2"],
-                    tracking_uri=store, env=ray_env)
-    assert again.returncode == 0 and "0 trained, 2 already done" in again.stderr, again.stderr[-2000:]
-    assert f"0 cells to train, {max(cpus // 2, 1)} at a time (Ray tasks of 2 CPUs each)" in again.stderr
-    assert len(runs(store, "tiny-ray")) == 3
+    failed = [r for r in all_runs if "-cifar10-" in r.info.run_name]
+    assert len(failed) == 2 and {r.info.status for r in failed} == {"FAILED"}  # the first attempt and its retry
+    for run in failed:  # the node's own one-line error, not a traceback
+        error = run.data.tags["eemlflow.error"]
+        assert error.startswith("training process exited with code 2: eemlflow: error: ")
+        assert "not-on-this-node" in error
 
-
-def test_on_ray_a_failing_cell_is_retried_then_reported_and_ctrl_c_kills_the_rest(store, tmp_path, ray_env):
-    grid = tmp_path / "mixed.yaml"
-    grid.write_text(f"""
-name: mixed
-settings: {{img_size: 16, workers: 0, model: test_resnet}}
-grid:
-  - {{dataset: cifar10, epochs: 1, data_dir: "{tmp_path / 'not-on-this-node'}"}}
-  - {{dataset: digits, epochs: 40, batch_size: 64}}
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid), "--executor", "ray", "--no-report"],
-                            cwd=tmp_path, env={**cli_env(store), **ray_env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(store)
+    grid.write_text(grid.read_text() + "  - {model: test_resnet, dataset: digits, epochs: 40, batch_size: 64}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid), "--executor", "ray", "--no-report",
+                             "--ray-cpus-per-cell", "2", "--retries", "0"], cwd=tmp_path,
+                            env={**cli_env(store), **ray_env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.time() + 300
-    while time.time() < deadline:  # the missing-data cell failed twice and the long cell is training
-        children = [r for r in runs(store, "mixed") if CELL_TAG in r.data.tags]
-        failed = [r for r in children if r.data.params.get("dataset") != "digits" and r.info.status == "FAILED"]
-        long = [r for r in children if r.info.run_name.startswith("test_resnet-digits")]
-        if len(failed) == 2 and long and client.get_metric_history(long[0].info.run_id, "train_loss"):
+    while time.time() < deadline:  # the missing-data cell failed once more and the long cell is training
+        cells = [r for r in runs(store, "tiny-ray") if CELL_TAG in r.data.tags]
+        failed = [r for r in cells if "-cifar10-" in r.info.run_name and r.info.status == "FAILED"]
+        long = [r for r in cells if r.info.run_name.startswith("test_resnet-digits-e40")]
+        if len(failed) == 3 and long and client.get_metric_history(long[0].info.run_id, "train_loss"):
             break
         time.sleep(1)
     else:
@@ -97,18 +94,14 @@ grid:
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=240)[1]
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
-    children = [r for r in runs(store, "mixed") if CELL_TAG in r.data.tags]
-    failed = [r for r in children if r.info.status == "FAILED"]
-    assert len(failed) == 2  # the first attempt and its retry
-    for run in failed:  # the node's own one-line error, not a traceback
-        error = run.data.tags["eemlflow.error"]
-        assert error.startswith("training process exited with code 2: eemlflow: error: ")
-        assert "not-on-this-node" in error
-    [long] = [r for r in children if r.info.run_name.startswith("test_resnet-digits")]
+    assert f"2 cells to train, {max(cpus // 2, 1)} at a time (Ray tasks of 2 CPUs each)" in err, err[-2000:]
+    cells = [r for r in runs(store, "tiny-ray") if CELL_TAG in r.data.tags]
+    assert sorted(r.info.run_name for r in cells if r.info.status == "FINISHED") == sorted(
+        r.info.run_name for r in children)  # the done cells were not trained again
+    [long] = [r for r in cells if r.info.run_name.startswith("test_resnet-digits-e40")]
     assert long.info.status == "KILLED" and long.data.tags["eemlflow.status"] == "KILLED"
     assert long.data.metrics["energy_consumed"] > 0
-    [parent] = [r for r in runs(store, "mixed") if CELL_TAG not in r.data.tags]
-    assert parent.info.status == "KILLED"
+    assert client.get_run(long.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
 
 
 def test_a_sqlite_store_with_a_multi_node_cluster_is_refused_in_one_line(store, tmp_path, ray_env, monkeypatch):
