@@ -39,28 +39,33 @@ def close_run(run: TrainingRun, monitor: EnergyMonitor | RankMeter | None, outco
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
+def handled(handler: Callable[[int, object], None] | int, signals: Sequence[int]) -> Iterator[None]:
+    """``handler`` for ``signals`` within the block, the previous handlers back after it; nothing changed off the
+    main thread (an in-process training on a thread of its own), where Python cannot set handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    def handler(signum, frame):
-        raise Terminated()
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def signals_ignored() -> Iterator[None]:
-    """A second Ctrl-C while the run is being closed would leave it RUNNING: ignore signals until done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` within the block, so that the run closes KILLED as on Ctrl-C."""
+    with handled(_raise_terminated, (signal.SIGTERM,)):
+        yield
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C while the run is being closed would leave it RUNNING: ignore signals until done."""
+    with handled(signal.SIG_IGN, (signal.SIGINT, signal.SIGTERM)):
+        yield

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from eemlflow.runner.closing import handled
 from eemlflow.runner.outcome import Terminated
 
 KEY = "stop/at"  # "<batch> <signal name>", in the run's side store
@@ -44,21 +45,15 @@ class AgreedStop:
     @contextmanager
     def signals(self) -> Iterator[None]:
         """Within the block a stop signal marks this rank instead of raising (for a run of several ranks)."""
-        import threading
-
-        if self._store is None or threading.current_thread() is not threading.main_thread():
+        if self._store is None:
             yield
             return
 
         def mark(signum: int, frame: object) -> None:
             self._signal = self._signal or signal.Signals(signum).name
 
-        previous = {s: signal.signal(s, mark) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with handled(mark, (signal.SIGINT, signal.SIGTERM)):
             yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     def at_batch(self) -> None:
         """Called by every rank after each batch: raises the agreed stop when the run has reached it."""
