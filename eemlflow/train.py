@@ -26,6 +26,7 @@ from eemlflow.cli import (
     prog,
 )
 from eemlflow.errors import EemlflowError
+from eemlflow.parent import stop_with_parent
 from eemlflow.progress import RichReporter, format_energy
 from eemlflow.store.status import FINISHED
 from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A launcher without job control (nohup, a batch script's `&`) starts us with SIGINT ignored: take it back,
     # so that Ctrl-C and the sweep's stop end the run KILLED with its energy instead of being lost.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_with_parent()  # a Ray task's training: not a process that outlives its task's worker
     ranks = Ranks.from_environment()
     configure_logging(args.verbose)
     if not ranks.leader:  # rank 0 speaks for the run; the others only say why they failed
