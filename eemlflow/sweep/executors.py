@@ -3,9 +3,11 @@ accelerators keep one each).
 
 An executor starts ``eemlflow.train`` for a cell and returns a ``Job`` the scheduler polls, stops and reads, the
 same for all: ``poll()`` (the exit code, None while running), ``terminate()`` (SIGTERM: the run ends KILLED with
-its energy), ``wait(timeout)``, ``kill()``, ``tail()`` (the output's last line) and ``attaches_log`` (whether the
-output is already on the run, as a Ray task attaches it from its node). Adding one is its module and one line in
-``REGISTRY``; the command line's ``--executor`` choices are the registry's names.
+its energy), ``wait(timeout)``, ``kill()``, ``tail()`` (the output's last line), ``lost()`` (whether the job
+ended without seeing its training process end, as a Ray task whose worker or node was lost: the training may
+still be closing its run) and ``attaches_log`` (whether the output is already on the run, as a Ray task attaches it
+from its node). Adding one is its module and one line in ``REGISTRY``; the command line's ``--executor`` choices
+are the registry's names.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Job(Protocol):
     def wait(self, timeout: float) -> bool: ...
     def kill(self) -> None: ...
     def tail(self) -> str: ...
+    def lost(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class LocalJob:
     def tail(self) -> str:
         return last_line(Path(self.log_path).read_text(errors="replace"))
 
+    def lost(self) -> bool:
+        return False  # the training is this job's own process: its exit was seen
+
 
 class LocalExecutor:
     """One process a cell on this machine; ``gpus`` are the slots (``CUDA_VISIBLE_DEVICES`` per cell)."""

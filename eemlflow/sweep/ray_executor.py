@@ -4,9 +4,12 @@ Ray picks, with one GPU (``num_gpus=1``) where the cluster has GPUs, else ``cpus
 Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPU it assigned; the training maps it to the NVML index as ``--gpus``
 does, so CodeCarbon measures that GPU alone and no energy is counted twice. The task attaches the cell's output
 to its run from the node. Cancelling the task (Ctrl-C on the sweep) raises KeyboardInterrupt in it: it sends
-SIGTERM to the training process, which ends its run KILLED with its energy. Ray does not retry a task whose node
-was lost (``max_retries=0``): the sweep does, as for a local cell — the lost attempt's run is ended FAILED and
-the retry resumes it where its checkpoint is visible (a ``checkpoint_dir`` on shared storage), else trains anew.
+SIGTERM to the training process, which ends its run KILLED with its energy. A training whose task's worker dies
+(its node lost, the worker killed) stops itself the same way (``eemlflow.parent``) rather than go on writing to
+a run the sweep retries. Ray does not retry a task whose node was lost (``max_retries=0``): the sweep does, as
+for a local cell — once the lost attempt's run is closed (by its training, or FAILED by the sweep when nothing
+closes it within ``CLOSE_WAIT_S``), the retry resumes it where its checkpoint is visible (a ``checkpoint_dir`` on
+shared storage), else trains anew.
 
 Ray is imported only here, and only when the Ray executor is chosen (``pip install eemlflow[ray]``).
 """
@@ -17,6 +20,7 @@ from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from eemlflow.errors import EemlflowError
+from eemlflow.parent import PARENT_PID_ENV
 from eemlflow.sweep.executors import ExecutorOptions, child_env, last_line
 
 POLL_S = 0.2  # how often the task looks at its training process (so a cancellation is seen at once)
@@ -35,6 +39,7 @@ def check_tracking_uri(tracking_uri: str, nodes: int) -> None:
 
 def _train_cell(command: Sequence[str], env: dict[str, str], run_id: str, log_name: str) -> dict:
     """The Ray task: run one cell's training here, attach its output to the run, return how it ended."""
+    import os
     import shutil
     import signal
     import socket
@@ -47,7 +52,7 @@ def _train_cell(command: Sequence[str], env: dict[str, str], run_id: str, log_na
     import ray
     from mlflow.tracking import MlflowClient
 
-    full = child_env(env)
+    full = child_env({**env, PARENT_PID_ENV: str(os.getpid())})  # it stops if this worker dies (eemlflow.parent)
     gpus = [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
     if gpus:  # the GPU Ray assigned to this task, as physical ids: the training measures that one
         full.update(CUDA_VISIBLE_DEVICES=",".join(gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
@@ -101,7 +106,7 @@ class RayJob:
             try:
                 self._result = ray.get(self.ref)
             except Exception as e:  # the node was lost, the worker died, or the task was cancelled
-                self._result = {"returncode": -1, "tail": f"Ray task failed: {type(e).__name__}: "
+                self._result = {"returncode": -1, "lost": True, "tail": f"Ray task failed: {type(e).__name__}: "
                                                           f"{str(e).splitlines()[0] if str(e) else ''}"[:300]}
         return self._result["returncode"]
 
@@ -123,6 +128,10 @@ class RayJob:
 
     def tail(self) -> str:
         return (self._result or {}).get("tail", "still running")
+
+    def lost(self) -> bool:
+        """The task failed (its worker or node lost, or cancelled) rather than report its process's exit."""
+        return bool(self._result and self._result.get("lost"))
 
 
 class RayExecutor:
