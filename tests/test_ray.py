@@ -104,21 +104,89 @@ def test_a_grid_runs_as_ray_tasks_two_at_once_retries_a_failing_cell_and_ctrl_c_
     assert client.get_run(long.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
 
 
-def test_a_sqlite_store_with_a_multi_node_cluster_is_refused_in_one_line(store, tmp_path, ray_env, monkeypatch):
+def test_a_multi_node_cluster_refuses_a_sqlite_store_and_a_cell_survives_a_crashed_worker_and_a_lost_node(
+        store, tmp_path, ray_env, monkeypatch):
+    """A real cluster of a head (no CPUs) and one worker node. A sqlite store is refused in one line. With a
+    tracking server, a cell trains; its Ray worker is killed (SIGKILL, the machine up): its training does not go on
+    as an orphan but stops itself, closing the run KILLED with its energy, and the retry resumes it. Then the
+    worker node is lost (Ray kills the training with it): the run is ended FAILED and resumed on a new node from
+    the checkpoint on the shared folder, every segment's energy counted. Ctrl-C then ends it KILLED."""
+    import psutil
     from ray.cluster_utils import Cluster
+    from services import MlflowServer
+
+    from eemlflow.store.liveness import Heartbeat, process_alive
+    from eemlflow.store.schema import ATTEMPT_TAG, HEARTBEAT_TAG
 
     monkeypatch.setenv("RAY_TMPDIR", ray_env["RAY_TMPDIR"])
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    monkeypatch.setenv("RAY_health_check_period_ms", "500")  # a lost node known in seconds, not Ray's 15 s
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    server, proc = None, None
     try:
-        cluster.add_node(num_cpus=1)
+        node = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         grid = tmp_path / "tiny.yaml"
         grid.write_text(GRID)
         result = run_cli(["eemlflow.sweep", str(grid), "--executor", "ray", "--ray-address", cluster.address],
                          tracking_uri=store, env=ray_env)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("eemlflow: error:")]
+        assert "is a file on this machine, but the Ray cluster has 2 nodes" in line and "--tracking-uri http://" in line
+        assert runs(store, "tiny-ray") == []  # nothing was opened
+
+        server = MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server").start()
+        checkpoints = tmp_path / "shared-checkpoints"
+        grid.write_text(GRID.split("grid:")[0] + f"grid:\n  - {{model: test_resnet, epochs: 40, "
+                                                 f"checkpoint_dir: \"{checkpoints}\"}}\n")
+        env = {**cli_env(server.uri), **ray_env, "EEMLFLOW_HEARTBEAT_SECONDS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid), "--executor", "ray",
+                                 "--ray-address", cluster.address, "--no-report", "--retries", "2"], cwd=tmp_path,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        client = MlflowClient(server.uri)
+
+        def wait_for(what: str, condition, timeout: float = 240):
+            deadline = time.time() + timeout
+            while time.time() < deadline and proc.poll() is None:
+                if (value := condition()) is not None:
+                    return value
+                time.sleep(0.5)
+            pytest.fail(f"{what}: not seen; the sweep {'ended: ' + proc.stderr.read() if proc.poll() else 'runs'}")
+
+        def training(other_than: int = 0):
+            """The cell's run and its heartbeat once a process other than ``other_than`` trains it past a
+            checkpoint and has measured energy."""
+            cells = [r for r in runs(server.uri, "tiny-ray") if CELL_TAG in r.data.tags]
+            if not cells or cells[0].info.status != "RUNNING":
+                return None
+            beat = Heartbeat.from_tag(cells[0].data.tags.get(HEARTBEAT_TAG))
+            if beat and beat.pid != other_than and beat.energy_kwh and process_alive(beat.pid) and \
+                    (checkpoints / cells[0].info.run_id / "checkpoint.pt").exists():
+                return cells[0], beat
+            return None
+
+        run, first = wait_for("the cell training on the worker node", training)
+        os.kill(psutil.Process(first.pid).ppid(), signal.SIGKILL)  # its Ray worker crashes; the node stays
+        wait_for("the crashed worker's training stopped", lambda: True if not process_alive(first.pid) else None, 60)
+        _, second = wait_for("the retry training", lambda: training(other_than=first.pid))
+        cluster.remove_node(node, allow_graceful=False)  # the node is lost: its raylet and workers killed
+        cluster.add_node(num_cpus=1)
+        wait_for("the lost node's training gone", lambda: True if not process_alive(second.pid) else None, 60)
+        wait_for("the retry on the new node", lambda: training(other_than=second.pid))
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=240)[1]
+        assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+        name = run.info.run_name
+        assert f"{name}: KILLED in " in err, err[-3000:]  # the orphan closed its run itself, then the sweep retried
+        assert f"{name}: FAILED (resumed) in " in err and "NodeDiedError" in err, err[-3000:]  # killed with its node
+        assert err.count(f"resuming run {run.info.run_id} from its checkpoint") == 2, err[-3000:]
+        final = client.get_run(run.info.run_id)
+        assert final.info.status == "KILLED" and final.data.tags[ATTEMPT_TAG] == "3"
+        # Every segment's energy: the first as it closed, the second up to its last heartbeat, the third's own.
+        assert final.data.metrics["energy_consumed"] > first.energy_kwh + second.energy_kwh
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if server is not None:
+            server.stop()
         cluster.shutdown()
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("eemlflow: error:")]
-    assert "is a file on this machine, but the Ray cluster has 2 nodes" in line and "--tracking-uri http://" in line
-    assert runs(store, "tiny-ray") == []  # nothing was opened
