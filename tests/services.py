@@ -73,11 +73,15 @@ def postgres() -> Iterator[str]:
 
 
 class MlflowServer:
-    """`mlflow server` on a free loopback port; ``stop()`` and ``start()`` again keep the port and the store."""
+    """`mlflow server` on a free loopback port; ``stop()`` and ``start()`` again keep the port and the store.
+
+    One uvicorn worker unless asked (its requests still run side by side, in threads): each more is a process that
+    imports the server (about 3.5 s of CPU a start); the test of concurrent writers through a server asks for 2."""
 
     def __init__(self, backend_uri: str, workdir: Path, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, workers: int = 1) -> None:
         self.backend_uri, self.workdir, self.extra_args = backend_uri, Path(workdir), extra_args
+        self.workers = workers
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.env = {**cli_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
@@ -89,7 +93,7 @@ class MlflowServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
              "--artifacts-destination", str(self.workdir / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "2", *self.extra_args],
+             "--port", str(self.port), "--workers", str(self.workers), *self.extra_args],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir,
             start_new_session=True,  # its own process group: the uvicorn workers stop with it
         )

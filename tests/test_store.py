@@ -62,7 +62,7 @@ def test_eight_trainings_at_once_on_a_fresh_sqlite_file(tmp_path, run_main):
 @needs_postgres
 def test_four_trainings_at_once_through_a_postgres_backed_server_and_a_round_trip(tmp_path, run_main):
     """The server serialises the schema and the get-or-create races the sqlite test has 8 writers for: 4 suffice."""
-    with postgres() as db, MlflowServer(db, tmp_path / "server") as server:
+    with postgres() as db, MlflowServer(db, tmp_path / "server", workers=2) as server:
         many_at_once(server.uri, tmp_path, "crowd", run_main, n=4)
         source = write_rows(tmp_path / "study.csv", study_rows(12))
         ingested = run_main(ingest_main, [str(source)], tracking_uri=server.uri)

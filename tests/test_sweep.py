@@ -111,7 +111,7 @@ def test_a_failing_cell_is_retried_then_reported_while_the_others_finish(store, 
           - {{model: test_resnet, dataset: cifar10, batch_size: 16}}
           - {{model: test_resnet, dataset: digits, batch_size: 64}}
     """))
-    result = run_cli(["eemlflow.sweep", str(grid), "--retries", "1"], tracking_uri=store, cwd=tmp_path)
+    result = run_main(sweep_main, [str(grid), "--retries", "1"], tracking_uri=store)
     assert result.returncode == 1
     assert "1 retries, 1 failed: test_resnet-cifar10-e1-b16" in result.stderr, result.stderr[-2000:]
     assert "is not a CIFAR batch" in result.stderr  # the child's own error line, shown in the report
