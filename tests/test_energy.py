@@ -17,6 +17,7 @@ from eemlflow.measure.counters import NvmlEnergyCounter, RaplEnergyCounter
 from eemlflow.measure.counters import rapl as rapl_module
 from eemlflow.measure.energy import EnergyMonitor
 from eemlflow.measure.gpu_ids import nvml_indices
+from eemlflow.measure.host_share import Attribution
 from eemlflow.measure.readings import combine_segments
 from eemlflow.measure.suspicion import suspicions
 from eemlflow.measure.units import UJ_PER_KWH
@@ -214,6 +215,21 @@ def _record(**values) -> EmissionsData:
             "tracking_mode", "on_cloud"}
     fields = {f.name: ("" if f.name in text else 0.0) for f in dataclasses.fields(EmissionsData)}
     return EmissionsData(**{**fields, **values})
+
+
+def test_a_rank_charged_none_of_its_nodes_cpu_and_ram_logs_exactly_zero_not_float_noise():
+    """CodeCarbon sums its total reading by reading, the part removed is summed per component: these three
+    readings (kWh) came to -1.4e-20 for a rank whose node's CPU/RAM another rank measures, on a CPU run."""
+    readings = [(2.165993971306134e-05, 4.221165755827173e-06), (2.9040787574867943e-06, 2.2169166627303508e-06),
+                (4.3788759365057205e-05, 4.958122413818507e-06)]
+    attribution, cpu, ram, total = Attribution(None, part=0.0), 0.0, 0.0, 0.0
+    for cpu_kwh, ram_kwh in readings:
+        cpu, ram, total = cpu + cpu_kwh, ram + ram_kwh, total + cpu_kwh + ram_kwh
+        charged = attribution.update({"cpu_energy": cpu, "ram_energy": ram, "gpu_energy": 0.0,
+                                      "energy_consumed": total, "emissions": total * 0.4})
+    assert total - (cpu + ram) < 0  # the noise the figures would carry
+    assert (charged["energy_consumed"], charged["emissions"], charged["cpu_energy"], charged["ram_energy"]) == (
+        0.0, 0.0, 0.0, 0.0)
 
 
 def test_segments_sum_their_energy_and_weight_their_powers_by_duration():

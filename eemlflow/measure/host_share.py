@@ -179,8 +179,11 @@ class Attribution:
             return dict(values)
         removed = sum(self.raw[k] - self.charged[k] for k in self.raw)
         total = float(values.get("energy_consumed") or 0.0)
-        ratio = (total - removed) / total if total > 0 else 1.0
-        changed = {**values, "energy_consumed": total - removed, "tracking_mode": SHARED_TRACKING_MODE}
+        # Never below 0: CodeCarbon sums its total reading by reading, the removed part is summed per component, and
+        # a rank charged none of its node's CPU/RAM, with no GPU, came to -1e-20 kWh.
+        kept = max(total - removed, 0.0)
+        ratio = kept / total if total > 0 else 1.0
+        changed = {**values, "energy_consumed": kept, "tracking_mode": SHARED_TRACKING_MODE}
         for key in ("emissions", "emissions_rate", "water_consumed"):
             changed[key] = float(values.get(key) or 0.0) * ratio
         for energy, power in (("cpu_energy", "cpu_power"), ("ram_energy", "ram_power")):
