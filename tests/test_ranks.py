@@ -230,8 +230,9 @@ def test_a_sweep_gives_a_cell_of_two_processes_two_gpus_of_its_list(store, tmp_p
                     "workers: 0, batch_size: 64}\ngrid:\n  - {nproc_per_node: [2], seed: [1, 2]}\n")
     env = {**host_env(write_host(tmp_path, watts=(100.0, 300.0, 100.0, 300.0)), store),
            "EEMLFLOW_HOST_LEDGER": str(tmp_path / "ledger")}
-    sweep = [sys.executable, "-m", "eemlflow.sweep", str(grid), "--no-report", "true"]
-    refused = run_main(sweep_main, [str(grid), "--no-report", "true", "--gpus", "0"], tracking_uri=store)
+    args = [str(grid), "--no-report", "true"]
+    sweep = [sys.executable, "-m", "eemlflow.sweep", *args]
+    refused = run_main(sweep_main, [*args, "--gpus", "0"], tracking_uri=store)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "eemlflow: error: cell test_resnet-digits-e1-b64 trains on nproc_per_node=2 GPUs, but the sweep has 1: list "
         "more with --gpus, or lower nproc_per_node in the grid"], refused.stderr

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from eemlflow.measure.idle import IDLE_ENV
@@ -215,9 +215,8 @@ class Sweep:
     def _collect(self, slot: Slot, tally: Tally) -> tuple[Cell, str]:
         """A child process ended: its run's status (a run it could not close is FAILED) and its energy."""
         cell, run_id = slot.cell, slot.run_id
-        if slot.process.lost():  # a lost Ray worker's training may still be stopping itself (eemlflow.parent)
-            self._await_close(run_id)
-        run = self.client.get_run(run_id)
+        lost = slot.process.lost()  # a lost Ray worker's training may still be stopping itself (eemlflow.parent)
+        run = self._await_close(run_id) if lost else self.client.get_run(run_id)
         status = run.info.status
         if status == RUNNING:
             status = FAILED
@@ -244,7 +243,7 @@ class Sweep:
         elif run.data.tags.get(STOPPED_TAG):
             status = "STOPPED"
             line += f": stopped by its {run.data.tags[STOPPED_TAG]}"
-        elif slot.process.lost():  # its output was on the worker: not attached
+        elif lost:  # its output was on the worker: not attached
             line += f" ({slot.process.tail()}); its output was lost with its Ray worker"
         else:
             line += f" ({slot.process.tail()}); its output: {Path(slot.log_path).name} in the run's artifacts"
@@ -264,18 +263,18 @@ class Sweep:
         for slot in busy:
             if not slot.process.wait(timeout=120):
                 slot.process.kill()
-            if self._await_close(slot.run_id) == RUNNING:
+            if self._await_close(slot.run_id).info.status == RUNNING:
                 self._end(slot.run_id, KILLED, "the sweep was stopped and the training process did not close its run")
             self._attach_log(slot)
 
-    def _await_close(self, run_id: str) -> str:
-        """The run's status once its process closed it; RUNNING when its process is known gone without closing it,
-        or after ``CLOSE_WAIT_S``: a remote task may report before its training process has closed the run."""
+    def _await_close(self, run_id: str) -> Run:
+        """The run once its process closed it; still RUNNING when its process is known gone without closing it, or
+        after ``CLOSE_WAIT_S``: a remote task may report before its training process has closed the run."""
         deadline = time.time() + CLOSE_WAIT_S
         while (run := self.client.get_run(run_id)).info.status == RUNNING and staleness(run) is None \
                 and time.time() < deadline:
             time.sleep(0.5)
-        return run.info.status
+        return run
 
     def _end(self, run_id: str, status: str, error: str) -> None:
         """End a run its training process could not close, with eemlflow's status and the reason as tags."""
