@@ -24,8 +24,8 @@ from eemlflow.store import schema
 from eemlflow.store.liveness import Heartbeat, staleness
 from eemlflow.store.status import FINISHED, RUNNING
 from eemlflow.training import TrainConfig
-from eemlflow.training.checkpoint import Checkpoint, checkpoint_path, device_change, differing_settings, load_checkpoint
-from eemlflow.training.config import RESULT
+from eemlflow.training.checkpoint import Checkpoint, device_change, differing_settings, load_checkpoint
+from eemlflow.training.config import RESULT, checkpoint_path
 
 
 @dataclass(frozen=True)

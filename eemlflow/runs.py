@@ -90,7 +90,7 @@ def _stale(args: argparse.Namespace, console: Console) -> int:
     from eemlflow.store.export import experiment_names
     from eemlflow.store.liveness import Heartbeat, find_stale, parse_duration
     from eemlflow.store.schema import ERROR_TAG, HEARTBEAT_TAG, STATUS_TAG
-    from eemlflow.training.checkpoint import checkpoint_path
+    from eemlflow.training.config import checkpoint_path
 
     client = connect(args.tracking_uri)
     names = experiment_names(client, args.experiment)

@@ -22,8 +22,7 @@ import eemlflow.runner.run as runner
 from eemlflow.errors import EemlflowError
 from eemlflow.measure.host_share import Window, share
 from eemlflow.runner import train_run
-from eemlflow.training.checkpoint import checkpoint_path
-from eemlflow.training.config import TrainConfig
+from eemlflow.training.config import TrainConfig, checkpoint_path
 
 TINY = ["--model", "test_resnet", "--dataset", "digits", "--batch-size", "64", "--img-size", "16", "--workers", "0"]
 

@@ -40,8 +40,8 @@ from eemlflow.store.environment import environment
 from eemlflow.store.liveness import HeartbeatThread
 from eemlflow.store.run import DEFAULT_EXPERIMENT, TrainingRun
 from eemlflow.store.status import FAILED, FINISHED, KILLED, RUNNING
-from eemlflow.training.checkpoint import checkpoint_path, remove_checkpoint, restore, save_checkpoint, unwrapped
-from eemlflow.training.config import TrainConfig
+from eemlflow.training.checkpoint import remove_checkpoint, restore, save_checkpoint, unwrapped
+from eemlflow.training.config import TrainConfig, checkpoint_path
 from eemlflow.training.data import ImageData
 from eemlflow.training.datasets import load_data
 from eemlflow.training.devices import device_identity, resolve_device, synchronizer
@@ -54,7 +54,7 @@ from eemlflow.training.distributed import (
     rank_device,
     side_store,
 )
-from eemlflow.training.models import check_model_name
+from eemlflow.training.model_names import check_model_name
 from eemlflow.training.ranks import Ranks
 from eemlflow.training.recipe import BATCH_LOG_INTERVAL, Recipe, build_recipe, run_epochs
 

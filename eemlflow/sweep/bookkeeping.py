@@ -25,8 +25,7 @@ from eemlflow.store.status import FINISHED, RUNNING
 from eemlflow.store.writer import RetryingWrites, now_ms
 from eemlflow.sweep.forecast import CellForecast, grid_total, to_csv
 from eemlflow.sweep.grid import Grid
-from eemlflow.training.checkpoint import checkpoint_path
-from eemlflow.training.config import CHECKPOINT_DIR
+from eemlflow.training.config import CHECKPOINT_DIR, checkpoint_path
 
 FORECAST_ARTIFACT = "forecast/forecast.csv"
 FORECAST_WHERE_TAG = "eemlflow.forecast_calibrated_on"  # the GPU and process the forecast was calibrated in

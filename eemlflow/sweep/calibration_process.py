@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from eemlflow.errors import EemlflowError
-from eemlflow.sweep.forecast import CellForecast, forecast_cells
+from eemlflow.sweep.forecast import CellForecast
 from eemlflow.sweep.grid import Cell
 from eemlflow.training import TrainConfig
 
@@ -77,6 +77,8 @@ def forecast_on(cells: Sequence[Cell], gpu: str | None,
 def _calibrate(cells: list[Cell], messages, levels: dict[str, int]) -> None:
     """In the child: calibrate, sending progress, the result or the error line back (its loggers as quiet as the
     sweep's)."""
+    from eemlflow.sweep.calibration import forecast_cells  # torch and timm: in this child, not in the sweep
+
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     try:

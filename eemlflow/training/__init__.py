@@ -1,11 +1,12 @@
 """Training: what a run is (``TrainConfig``), its data, its model and the study's recipe, epoch by epoch.
 
 Owns the settings and their defaults (``config``), CIFAR/digits/synthetic images (``data``), timm model creation
-(``models``), the device a run trains on (``devices``), the recipe built from timm's factories and the epoch loop
-(``recipe``), the same augmentations done batch-wise on the device (``device_data``), and data-parallel training
-over torchrun's ranks (``ranks``: who this process is; ``distributed``: the process group, DDP and the sums over
-ranks). The bottom floor: it may import ``eemlflow.errors``, torch, timm and numpy — nothing of energy measurement,
-MLflow or the command lines, so that it can be reused and tested alone.
+(``models``) and its names, checked without importing timm (``model_names``), the device a run trains on
+(``devices``), the recipe built from timm's factories and the epoch loop (``recipe``), the same augmentations done
+batch-wise on the device (``device_data``), and data-parallel training over torchrun's ranks (``ranks``: who this
+process is; ``distributed``: the process group, DDP and the sums over ranks). The bottom floor: it may import
+``eemlflow.errors``, torch, timm and numpy — nothing of energy measurement, MLflow or the command lines, so that it
+can be reused and tested alone.
 """
 
 from eemlflow.lazy import lazy_exports
@@ -15,7 +16,7 @@ _EXPORTS = {
     "ImageData": "eemlflow.training.data",
     "check_available": "eemlflow.training.datasets",
     "load_data": "eemlflow.training.datasets",
-    "check_model_name": "eemlflow.training.models",
+    "check_model_name": "eemlflow.training.model_names",
     "create_model": "eemlflow.training.models",
     "EpochResult": "eemlflow.training.recipe",
     "Recipe": "eemlflow.training.recipe",

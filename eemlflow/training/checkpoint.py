@@ -29,7 +29,6 @@ from eemlflow.training.config import RESULT, TrainConfig, settings_of
 from eemlflow.training.device_data import DeviceLoader
 from eemlflow.training.recipe import Recipe
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
 # Settings that change what a run computes or measures: resuming with any other value would splice two different
 # runs. ``device`` is checked as the kind of device the run lands on (``device_change``): auto and cuda on a GPU
@@ -45,11 +44,6 @@ class Checkpoint:
     settings: dict[str, Any]
     extra: dict[str, Any]
     state: dict[str, Any]
-
-
-def checkpoint_path(checkpoint_dir: str | Path, run_id: str) -> Path:
-    """``<checkpoint_dir>/<run_id>/checkpoint.pt``: one folder a run, the latest checkpoint only."""
-    return Path(checkpoint_dir) / run_id / CHECKPOINT_FILE
 
 
 def save_checkpoint(path: Path, recipe: Recipe, cfg: TrainConfig, epochs_done: int, extra: dict[str, Any]) -> None:

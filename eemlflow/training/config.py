@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eemlflow.errors import EemlflowError
@@ -24,6 +25,7 @@ DATA_PATHS: tuple[str, ...] = ("cpu", "gpu")
 BASE_LR_PER_256 = 0.1
 # Where checkpoints (and a run's unsent store records) go when no checkpoint_dir is given.
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FILE = "checkpoint.pt"  # a run's latest checkpoint, in a folder named after its run id
 # Words that mean yes and no in a setting or a flag's value.
 TRUE_WORDS = ("1", "true", "yes", "y", "on")
 FALSE_WORDS = ("0", "false", "no", "n", "off")
@@ -260,3 +262,9 @@ def _check_country(code: str) -> None:
         )
     if code != code.upper():
         raise EemlflowError(f"country_iso_code must be upper case, e.g. {code.upper()}")
+
+
+def checkpoint_path(checkpoint_dir: str | Path, run_id: str) -> Path:
+    """``<checkpoint_dir>/<run_id>/checkpoint.pt``: one folder a run, the latest checkpoint only (here, not with the
+    checkpoint's torch code, so that a sweep finds its cells' checkpoints without importing torch)."""
+    return Path(checkpoint_dir) / run_id / CHECKPOINT_FILE

@@ -1,23 +1,12 @@
-"""timm model creation, with an error that suggests close names instead of timm's bare RuntimeError."""
+"""timm model creation, refusing an unknown name with close ones (``model_names``) instead of timm's bare
+RuntimeError."""
 
 from __future__ import annotations
-
-import difflib
 
 import timm
 import torch
 
-from eemlflow.errors import EemlflowError
-
-
-def check_model_name(name: str) -> None:
-    """Raise ``EemlflowError`` with the closest timm names when ``name`` is not a timm model."""
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = (f"; did you mean {', '.join(close)}?" if close
-            else "; `python -c \"import timm; print(timm.list_models('*net*'))\"` lists them")
-    raise EemlflowError(f"unknown timm model {name!r}{hint}")
+from eemlflow.training.model_names import check_model_name
 
 
 def create_model(name: str, num_classes: int, img_size: int | None = None) -> torch.nn.Module:
