@@ -164,6 +164,37 @@ def test_the_grids_budget_counts_cells_done_before_done_now_running_and_the_next
     assert sweep._within_budget(other, Tally(total=3, energy_kwh=99.0))  # no budget: anything starts
 
 
+def test_a_cells_forecast_is_its_epochs_of_steps_and_eval_batches_plus_its_checkpoint_writes_and_first_epoch():
+    """forecast_cell's arithmetic on a calibration of known costs: each term seen to matter by changing its input.
+    The recipe drops the last partial training batch and evaluates every image (1,000 // 64 = 15 steps, 4 eval
+    batches of 250)."""
+    from types import SimpleNamespace
+
+    from eemlflow.sweep import Cell
+    from eemlflow.sweep.calibration import Calibration, forecast_cell
+
+    def cost(kwh: float) -> EnergyReading:
+        return EnergyReading(duration_s=kwh * 1e6, energy_kwh=kwh, cpu_energy_kwh=kwh, gpu_energy_kwh=0.0,
+                             ram_energy_kwh=0.0, emissions_kg=kwh / 2)
+
+    calibration = Calibration(train_step=cost(1e-6), eval_batch=cost(1e-7), checkpoint_write=cost(1e-5),
+                              first_epoch_extra=cost(1e-4))
+    data = SimpleNamespace(train=range(1000), eval=range(250))
+
+    def forecast(**settings) -> float:
+        cell = Cell(TrainConfig(dataset="digits", batch_size=64, **settings), "digest")
+        result = forecast_cell(cell, calibration, data)
+        assert result.cell is cell and result.duration_s == pytest.approx(result.energy_kwh * 1e6)
+        assert result.emissions_kg == pytest.approx(result.energy_kwh / 2)
+        return result.energy_kwh
+
+    epoch = 15 * 1e-6 + 4 * 1e-7
+    assert forecast(epochs=3) == pytest.approx(3 * epoch + 3 * 1e-5 + 1e-4)  # a checkpoint after every epoch
+    assert forecast(epochs=3, checkpoint_every=2) == pytest.approx(3 * epoch + 1 * 1e-5 + 1e-4)
+    assert forecast(epochs=3, checkpoint_every=0) == pytest.approx(3 * epoch + 1e-4)
+    assert forecast(epochs=5, checkpoint_every=0) == pytest.approx(5 * epoch + 1e-4)  # the one-off cost once
+
+
 def reading(kwh: float) -> EnergyReading:
     """An epoch (or a total) costing ``kwh``, with its time and emissions in fixed proportion (s, kg) to tell them
     apart."""
