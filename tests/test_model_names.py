@@ -50,6 +50,21 @@ def test_a_list_that_lacks_a_model_asks_timm_and_an_unknown_name_gets_close_ones
         check_model_name("resnet181")
 
 
+def test_without_a_home_or_cache_folder_every_check_asks_timm(empty_cache, monkeypatch):
+    """A container's user may have no home directory (``Path.home()`` raises) and no ``XDG_CACHE_HOME``."""
+    from pathlib import Path
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert cache_file() is None
+    check_model_name("test_resnet")
+    with pytest.raises(EemlflowError, match="unknown timm model 'resnet181'"):
+        check_model_name("resnet181")
+
+
 def test_a_sweeps_own_process_checks_its_grid_without_importing_torch(empty_cache, tmp_path, store):
     check_model_name("resnet18")  # the cache, as the first check on this machine leaves it
     grid = tmp_path / "grid.yaml"

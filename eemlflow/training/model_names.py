@@ -40,7 +40,8 @@ def check_model_name(name: str) -> None:
 
 
 def cache_file() -> Path | None:
-    """The file that lists the installed timm's model names; None when timm is not installed."""
+    """The file that lists the installed timm's model names; None when timm is not installed as a package or no
+    cache folder can be named (a container's user without a home and no ``XDG_CACHE_HOME``)."""
     spec = importlib.util.find_spec("timm")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -49,8 +50,12 @@ def cache_file() -> Path | None:
     # An editable timm keeps its version while its files change: a model file added changes the folder's time.
     stamp = f"{where}|{models.stat().st_mtime_ns if models.is_dir() else 0}"
     digest = hashlib.sha256(stamp.encode()).hexdigest()[:12]
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache")
-    return root / "eemlflow" / f"timm-{importlib.metadata.version('timm')}-{digest}-models.txt"
+    try:
+        version = importlib.metadata.version("timm")
+        root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache")
+    except (importlib.metadata.PackageNotFoundError, RuntimeError):  # RuntimeError: Path.home() found no home
+        return None
+    return root / "eemlflow" / f"timm-{version}-{digest}-models.txt"
 
 
 @functools.cache
