@@ -173,19 +173,15 @@ def test_a_cells_forecast_is_its_epochs_of_steps_and_eval_batches_plus_its_check
     from eemlflow.sweep import Cell
     from eemlflow.sweep.calibration import Calibration, forecast_cell
 
-    def cost(kwh: float) -> EnergyReading:
-        return EnergyReading(duration_s=kwh * 1e6, energy_kwh=kwh, cpu_energy_kwh=kwh, gpu_energy_kwh=0.0,
-                             ram_energy_kwh=0.0, emissions_kg=kwh / 2)
-
-    calibration = Calibration(train_step=cost(1e-6), eval_batch=cost(1e-7), checkpoint_write=cost(1e-5),
-                              first_epoch_extra=cost(1e-4))
+    calibration = Calibration(train_step=reading(1e-6), eval_batch=reading(1e-7), checkpoint_write=reading(1e-5),
+                              first_epoch_extra=reading(1e-4))
     data = SimpleNamespace(train=range(1000), eval=range(250))
 
     def forecast(**settings) -> float:
         cell = Cell(TrainConfig(dataset="digits", batch_size=64, **settings), "digest")
         result = forecast_cell(cell, calibration, data)
-        assert result.cell is cell and result.duration_s == pytest.approx(result.energy_kwh * 1e6)
-        assert result.emissions_kg == pytest.approx(result.energy_kwh / 2)
+        assert result.cell is cell and result.duration_s == pytest.approx(result.energy_kwh * 100)  # reading()'s
+        assert result.emissions_kg == pytest.approx(result.energy_kwh * 0.4)  # proportions, kept by every term
         return result.energy_kwh
 
     epoch = 15 * 1e-6 + 4 * 1e-7

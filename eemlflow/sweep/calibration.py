@@ -39,6 +39,7 @@ from eemlflow.training import (
     train_step,
 )
 from eemlflow.training.checkpoint import save_checkpoint
+from eemlflow.training.config import CHECKPOINT_FILE
 
 WARM_STEPS, WARM_S = 3, 0.5  # warm-up before measuring (loader start, cuDNN autotuning, allocator): steps and s
 MIN_STEPS, MIN_TRAIN_S = 10, 2.0  # measure at least this many steps and this long
@@ -127,7 +128,7 @@ def calibrate(cfg: TrainConfig, data: ImageData, monitor: EnergyMonitor) -> Cali
     evaluation = monitor.end_window("eval").scaled(1.0 / n_eval)
     with tempfile.TemporaryDirectory(prefix="eemlflow-calibration-") as folder:
         monitor.begin_window("checkpoint")
-        save_checkpoint(Path(folder) / "checkpoint.pt", recipe, cfg, 1, {})
+        save_checkpoint(Path(folder) / CHECKPOINT_FILE, recipe, cfg, 1, {})
         checkpoint = monitor.end_window("checkpoint")
     extra = warm - train.scaled(warm_steps)
     extra = extra if extra.energy_kwh > 0 and extra.duration_s > 0 else extra.scaled(0.0)
