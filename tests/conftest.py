@@ -30,6 +30,7 @@ for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 SLOWEST_FIRST = ("test_ranks", "test_ray", "test_store", "test_train", "test_sweep", "test_resume", "test_planning")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the group marks into node ids for --dist loadgroup
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slowest modules first (``SLOWEST_FIRST``). Tests that share a module-scoped fixture (a training several
     tests read) run on one worker, so that it is made once (``--dist loadgroup``), not once per worker that runs one
@@ -42,6 +43,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                         if defs and defs[-1].scope == "module")
         if shared:
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse the pair of versions where ``--dist loadgroup`` silently stops grouping: xdist 3.8 marks a group by
+    renaming the test's node id, which pytest 9.2 ignores (pytest-xdist issue 1386), and each shared training then
+    ran once per worker (on the controller: a worker's error would hide the message)."""
+    from importlib.metadata import version
+
+    xdist = tuple(int(part) for part in version("pytest-xdist").split(".")[:2])
+    if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple[:2] >= (9, 2) and xdist <= (3, 8):
+        raise pytest.UsageError(f"pytest {pytest.__version__} with pytest-xdist {version('pytest-xdist')} ignores "
+                                "--dist loadgroup (pytest-xdist issue 1386): pip install -e '.[dev]' (pytest<9.2)")
 
 
 @pytest.fixture(autouse=True)
