@@ -68,7 +68,7 @@ def _in_a_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def _empty_store_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow sqlite store made once: creating one runs every schema migration (seconds), copying it is
-    instant. The tests of a truly fresh file (the README's command, eight writers at once) make their own."""
+    instant. The tests of a truly fresh file (the README's command, four writers at once) make their own."""
     from mlflow.tracking import MlflowClient
 
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
