@@ -51,9 +51,10 @@ def pytest_configure(config: pytest.Config) -> None:
     ran once per worker (on the controller: a worker's error would hide the message)."""
     from importlib.metadata import version
 
-    xdist = tuple(int(part) for part in version("pytest-xdist").split(".")[:2])
-    if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple[:2] >= (9, 2) and xdist <= (3, 8):
-        raise pytest.UsageError(f"pytest {pytest.__version__} with pytest-xdist {version('pytest-xdist')} ignores "
+    xdist = version("pytest-xdist")
+    if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple[:2] >= (9, 2) and \
+            tuple(int(part) for part in xdist.split(".")[:2]) <= (3, 8):
+        raise pytest.UsageError(f"pytest {pytest.__version__} with pytest-xdist {xdist} ignores "
                                 "--dist loadgroup (pytest-xdist issue 1386): pip install -e '.[dev]' (pytest<9.2)")
 
 
