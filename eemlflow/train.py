@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -27,10 +28,11 @@ from eemlflow.cli import (
 )
 from eemlflow.errors import EemlflowError
 from eemlflow.parent import stop_with_parent
-from eemlflow.progress import RichReporter, format_energy
-from eemlflow.store.status import FINISHED
 from eemlflow.training.config import BUDGET_SETTINGS, TrainConfig
 from eemlflow.training.ranks import Ranks, report_exit
+
+if TYPE_CHECKING:
+    from eemlflow.runner import RunOutcome
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +76,6 @@ def _train(args: argparse.Namespace, argv: list[str], console: Console, ranks: R
         from eemlflow.measure.gpu_ids import default_device_order
 
         default_device_order()  # before torch sees a GPU: number them as NVML and nvidia-smi do
-        from eemlflow.runner import train_run  # heavy imports (torch, timm, mlflow) after argument parsing
-
         if (raw.get("resume") or "").strip():  # the run's own settings, with what was given over them
             from eemlflow.resume import resume_config
             from eemlflow.store import connect
@@ -87,6 +87,11 @@ def _train(args: argparse.Namespace, argv: list[str], console: Console, ranks: R
             from eemlflow.launch import launch
 
             return launch(cfg, argv, console, args.verbose)
+        # The heavy imports (torch, timm, mlflow) once it is known that this process trains: after the argument
+        # parsing, and not in torchrun's launcher, which needs only torch to start the ranks that train.
+        from eemlflow.progress import RichReporter
+        from eemlflow.runner import train_run
+
         outcome = train_run(
             cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
             reporter=RichReporter(console),
@@ -100,6 +105,14 @@ def _train(args: argparse.Namespace, argv: list[str], console: Console, ranks: R
     except KeyboardInterrupt:
         console.print("eemlflow: interrupted: the run was ended KILLED with the energy measured so far")
         return EXIT_INTERRUPTED
+    return _report_outcome(outcome, console)
+
+
+def _report_outcome(outcome: RunOutcome, console: Console) -> int:
+    """The run's last line, and the exit status that says how it ended."""
+    from eemlflow.progress import format_energy
+    from eemlflow.store.status import FINISHED
+
     if outcome.unlogged:
         console.print(f"eemlflow: error: the tracking store stayed unreachable; {outcome.unlogged} records of run "
                       f"{outcome.run_id} ({outcome.status}) are kept in {outcome.spool_path}: once the store is back, "
