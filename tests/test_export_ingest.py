@@ -230,12 +230,12 @@ def test_a_spreadsheets_csv_with_a_byte_order_mark_is_accepted(store, tmp_path, 
     assert typed(out) == typed(plain)
 
 
-def test_export_and_ingest_through_a_live_mlflow_server(tmp_path):
+def test_export_and_ingest_through_a_live_mlflow_server(tmp_path, run_main):
     with MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server") as server:
         source = write_rows(tmp_path / "study.csv", study_rows(8))
-        assert run_cli(["eemlflow.ingest", str(source), "--tracking-uri", server.uri]).returncode == 0
+        assert run_main(ingest_main, [str(source)], tracking_uri=server.uri).returncode == 0
         out = tmp_path / "out.csv"
-        result = run_cli(["eemlflow.export", "--tracking-uri", server.uri, "--output", str(out)])
+        result = run_main(export_main, ["--output", str(out)], tracking_uri=server.uri)
         assert result.returncode == 0, result.stderr
         assert typed(out) == typed(source)
 

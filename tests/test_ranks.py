@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from services import free_port
 from simgpu_host import host_env, write_host
 
+from eemlflow.export import main as export_main
 from eemlflow.runner import train_run
 from eemlflow.sweep.__main__ import main as sweep_main
 from eemlflow.train import main as train_main
@@ -48,7 +49,8 @@ def two_ranks(tmp_path_factory) -> tuple[str, subprocess.CompletedProcess, Path]
     return store, done, folder
 
 
-def test_two_ranks_train_one_run_whose_energy_is_the_sum_of_theirs_with_the_cpu_and_ram_counted_once(two_ranks):
+def test_two_ranks_train_one_run_whose_energy_is_the_sum_of_theirs_with_the_cpu_and_ram_counted_once(two_ranks,
+                                                                                                        run_main):
     store, done, folder = two_ranks
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = runs(store)
@@ -73,7 +75,7 @@ def test_two_ranks_train_one_run_whose_energy_is_the_sum_of_theirs_with_the_cpu_
     assert sum(m.value for m in epochs) == pytest.approx(metrics["energy_consumed"], rel=0.15)
     assert "rank0" in done.stderr or "done: run" in done.stderr
     assert not (folder / "checkpoints" / run.info.run_id).exists()  # rank 0 removed the finished run's checkpoint
-    exported = run_cli(["eemlflow.export", "--output", str(folder / "study.csv")], tracking_uri=store, cwd=folder)
+    exported = run_main(export_main, ["--output", str(folder / "study.csv")], tracking_uri=store)
     assert exported.returncode == 0, exported.stderr
     [row] = list(csv.DictReader((folder / "study.csv").open()))
     assert float(row["energy_consumed"]) == pytest.approx(metrics["energy_consumed"])

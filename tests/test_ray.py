@@ -75,17 +75,17 @@ def test_a_grid_runs_as_ray_tasks_two_at_once_retries_a_failing_cell_and_ctrl_c_
         assert error.startswith("training process exited with code 2: eemlflow: error: ")
         assert "not-on-this-node" in error
 
-    grid.write_text(grid.read_text() + "  - {model: test_resnet, dataset: digits, epochs: 40, batch_size: 64}\n")
+    # The rerun: the done cells and a long one (the failing cell left out: its retries were seen above).
+    grid.write_text(GRID + "  - {model: test_resnet, dataset: digits, epochs: 40, batch_size: 64}\n")
     proc = subprocess.Popen([sys.executable, "-m", "eemlflow.sweep", str(grid), "--executor", "ray", "--no-report",
                              "--ray-cpus-per-cell", "2", "--retries", "0"], cwd=tmp_path,
                             env={**cli_env(store), **ray_env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
-    while time.time() < deadline:  # the missing-data cell failed once more and the long cell is training
+    while time.time() < deadline:  # the long cell is training
         cells = [r for r in runs(store, "tiny-ray") if CELL_TAG in r.data.tags]
-        failed = [r for r in cells if "-cifar10-" in r.info.run_name and r.info.status == "FAILED"]
         long = [r for r in cells if r.info.run_name.startswith("test_resnet-digits-e40")]
-        if len(failed) == 3 and long and client.get_metric_history(long[0].info.run_id, "train_loss"):
+        if long and client.get_metric_history(long[0].info.run_id, "train_loss"):
             break
         time.sleep(1)
     else:
@@ -94,7 +94,7 @@ def test_a_grid_runs_as_ray_tasks_two_at_once_retries_a_failing_cell_and_ctrl_c_
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=240)[1]
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
-    assert f"2 cells to train, {max(cpus // 2, 1)} at a time (Ray tasks of 2 CPUs each)" in err, err[-2000:]
+    assert f"1 cell to train, {max(cpus // 2, 1)} at a time (Ray tasks of 2 CPUs each)" in err, err[-2000:]
     cells = [r for r in runs(store, "tiny-ray") if CELL_TAG in r.data.tags]
     assert sorted(r.info.run_name for r in cells if r.info.status == "FINISHED") == sorted(
         r.info.run_name for r in children)  # the done cells were not trained again

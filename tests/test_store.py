@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import cli_env, run_cli
+from conftest import cli_env
 from mlflow.tracking import MlflowClient
 from services import MlflowServer, postgres, postgres_bin
 from test_export_ingest import study_rows, typed, write_rows
@@ -169,7 +169,7 @@ def test_records_kept_during_a_server_outage_reach_it_when_it_is_back_mid_traini
         server.stop()
 
 
-def test_a_store_gone_for_good_keeps_the_records_for_a_replay(tmp_path):
+def test_a_store_gone_for_good_keeps_the_records_for_a_replay(tmp_path, run_main):
     server = MlflowServer(f"sqlite:///{tmp_path / 'srv.db'}", tmp_path / "server").start()
     try:
         proc = start_training(server.uri, tmp_path, "--epochs", "3", env={"EEMLFLOW_STORE_RETRY_SECONDS": "2"})
@@ -184,7 +184,7 @@ def test_a_store_gone_for_good_keeps_the_records_for_a_replay(tmp_path):
         server.start()
         client = MlflowClient(server.uri)
         assert client.get_run(run_id).info.status == "RUNNING"  # the store never heard the end
-        replay = run_cli(["eemlflow.runs", "replay", str(spool)], cwd=tmp_path)
+        replay = run_main(runs_main, ["replay", str(spool)])
         assert replay.returncode == 0 and "records replayed" in replay.stderr, replay.stderr
         assert not spool.exists()
         run = client.get_run(run_id)

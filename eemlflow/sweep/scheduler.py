@@ -76,7 +76,8 @@ class Sweep:
         what happened, counted."""
         tally = Tally(total=len(self.grid.cells))
         pending, watched = self._sort_cells(tally)
-        self.reporter.note(f"sweep {self.grid.name}: {len(pending) + len(watched)} cells to train, {len(self.slots)} "
+        n = len(pending) + len(watched)
+        self.reporter.note(f"sweep {self.grid.name}: {n} cell{'' if n == 1 else 's'} to train, {len(self.slots)} "
                            f"at a time ({self.executor.describe()})")
         attempts: Counter = Counter()
         if self.executor.checks_data_here:  # the slots are this machine's (a cluster's cells measure their own)
