@@ -40,13 +40,15 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
 def configure_logging(verbose: bool = False) -> None:
     """Warnings and errors on the console; MLflow's, alembic's and CodeCarbon's INFO lines only when verbose.
 
-    MLflow configures its own loggers from ``MLFLOW_LOGGING_LEVEL`` when it is imported, so the variable is set
-    here, before the heavy imports, and the processes this one starts inherit it.
+    MLflow and CodeCarbon set their own loggers' levels from ``MLFLOW_LOGGING_LEVEL`` and ``CODECARBON_LOG_LEVEL``
+    when they are imported, so the variables are set here, before the heavy imports, and the processes this one
+    starts inherit them.
     """
     verbose = verbose or os.environ.get(VERBOSE_ENV) == "1"
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO" if verbose else "WARNING"
+    os.environ["CODECARBON_LOG_LEVEL"] = "INFO" if verbose else "ERROR"
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic"):
