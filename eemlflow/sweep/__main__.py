@@ -40,7 +40,7 @@ from eemlflow.sweep.forecast import grid_total
 from eemlflow.sweep.grid import Cell, Grid, check_data, load_grid, parse_pairs
 from eemlflow.sweep.scheduler import Sweep
 from eemlflow.sweep.slots import check_fits
-from eemlflow.sweep.tally import Tally
+from eemlflow.sweep.tally import Tally, counted
 from eemlflow.training.config import TRUE_WORDS
 
 REPORT_ARTIFACTS = "report"  # the parent run's artifact folder for the sweep's report
@@ -214,8 +214,8 @@ def forecast(cells: Sequence[Cell], console: Console, gpu: str | None = None) ->
                                         f"({cfg.resolved_data_path} data path)")
         result = forecast_on(cells, gpu, shown)
     forecasts, calibrations = result.cells, result.calibrations
-    table = Table(title=f"forecast: {len(forecasts)} cells to train, {calibrations} calibration"
-                        f"{'' if calibrations == 1 else 's'} in {time.perf_counter() - started:.0f} s")
+    table = Table(title=f"forecast: {len(forecasts)} cells to train, {counted(calibrations, 'calibration')} in "
+                        f"{time.perf_counter() - started:.0f} s")
     for name in ("#", "cell", "hours", "kWh", "Wh", "kg CO2-eq"):
         table.add_column(name, justify="left" if name == "cell" else "right")
     for i, f in enumerate([*forecasts, grid_total(forecasts)], start=1):

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from eemlflow.errors import EemlflowError
 from eemlflow.parent import PARENT_PID_ENV
 from eemlflow.sweep.executors import ExecutorOptions, child_env, last_line
+from eemlflow.sweep.tally import counted
 
 POLL_S = 0.2  # how often the task looks at its training process (so a cancellation is seen at once)
 STOP_WAIT_S = 120.0  # how long a stopped training may take to close its run before it is killed
@@ -190,7 +191,7 @@ class RayExecutor:
     def describe(self) -> str:
         """Where the cells run, for the sweep's first line."""
         gpu = " and 1 GPU" if "num_gpus" in self.options else ""
-        return f"Ray tasks of {self.options['num_cpus']:g} CPU{'s' if self.options['num_cpus'] != 1 else ''}{gpu} each"
+        return f"Ray tasks of {counted(self.options['num_cpus'], 'CPU')}{gpu} each"
 
     def close(self) -> None:
         """Leave the cluster (and stop the local Ray this executor started)."""

@@ -42,7 +42,7 @@ from eemlflow.sweep.grid import Cell, Grid
 from eemlflow.sweep.idle_process import slot_baselines
 from eemlflow.sweep.local_executor import LocalExecutor
 from eemlflow.sweep.slots import Slot, claim, release, slots_needed
-from eemlflow.sweep.tally import QuietReporter, SweepReporter, SweepView, Tally
+from eemlflow.sweep.tally import QuietReporter, SweepReporter, SweepView, Tally, counted
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,8 @@ class Sweep:
         what happened, counted."""
         tally = Tally(total=len(self.grid.cells))
         pending, watched = self._sort_cells(tally)
-        n = len(pending) + len(watched)
-        self.reporter.note(f"sweep {self.grid.name}: {n} cell{'' if n == 1 else 's'} to train, {len(self.slots)} "
-                           f"at a time ({self.executor.describe()})")
+        self.reporter.note(f"sweep {self.grid.name}: {counted(len(pending) + len(watched), 'cell')} to train, "
+                           f"{len(self.slots)} at a time ({self.executor.describe()})")
         attempts: Counter = Counter()
         if self.executor.checks_data_here:  # the slots are this machine's (a cluster's cells measure their own)
             self.idle = slot_baselines([s.gpu for s in self.slots], [c for c, _ in pending], self.reporter.note)

@@ -11,6 +11,11 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 
+def counted(n: float, noun: str) -> str:
+    """``n`` with its noun, plural unless ``n`` is 1, as the sweep's lines say them: "1 cell", "0.5 CPUs"."""
+    return f"{format(n, 'g') if isinstance(n, float) else n} {noun}{'' if n == 1 else 's'}"
+
+
 @dataclass
 class Tally:
     """What the sweep has done so far: cells by outcome, the energy and emissions they measured."""
