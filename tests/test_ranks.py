@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from services import free_port
 from simgpu_host import host_env, write_host
 
 from eemlflow.export import main as export_main
+from eemlflow.measure.ranks import rank_exited
 from eemlflow.runner import train_run
 from eemlflow.sweep.__main__ import main as sweep_main
 from eemlflow.train import main as train_main
@@ -139,6 +141,7 @@ def test_a_rank_killed_fails_the_run_with_the_energy_so_far_and_both_ranks_resum
         process.kill()
     text = out.read_text()
     assert "training failed: another process of the run ended first" in text, text[-3000:]
+    assert "rank 1 exited without sending its final energy reading" in text  # seen gone: no 15 s wait for it
     assert "Traceback" not in text
     client = MlflowClient(store)
     run = client.get_run(run_id)
@@ -156,6 +159,23 @@ def test_a_rank_killed_fails_the_run_with_the_energy_so_far_and_both_ranks_resum
     assert run.data.params["world_size"] == "2" and run.data.tags["eemlflow.rank.1"].endswith("final=yes")
     steps = [m.step for m in client.get_metric_history(run_id, "epoch/eval_top1")]
     assert steps[-1] == 4 and len(steps) >= 4  # the epochs after the checkpoint trained again by both ranks
+
+
+def test_rank_0_gives_up_on_a_rank_of_its_node_only_once_that_process_is_gone():
+    """A rank's record names its node and process; rank 0 stops waiting for its final one when it has exited (or is
+    a zombie its launcher has not reaped); a live rank, or one on another node, gets the whole wait."""
+    here = socket.gethostname()
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 60
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:  # exited, not reaped: not waited on
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.05)
+    assert rank_exited({"host": here, "pid": done.pid}) and rank_exited({"host": here, "pid": zombie.pid})
+    assert not rank_exited({"host": here, "pid": os.getpid()})  # alive
+    assert not rank_exited({"host": f"not-{here}", "pid": done.pid}) and not rank_exited({})  # elsewhere, or unknown
+    zombie.wait()
 
 
 @pytest.mark.parametrize("to_rank_0_alone", [False, True], ids=["launcher", "rank-0-alone"])

@@ -5,8 +5,9 @@ Every rank measures its own GPU with an ``EnergyMonitor`` of its own (that GPU o
 measured once, by the node's first rank (the others' monitors charge them none: ``measure_host=False``). At every
 window boundary each rank posts its totals so far to a key-value store that outlives the ranks (the launcher's) and
 reads everyone's, so all ranks see the same sums: the budgets stop them all before the same epoch. At the end each
-rank posts its final record; rank 0 adds up what it gets within ``FINAL_WAIT_S``. A rank that died posts nothing:
-its last boundary's totals stand for it, and the run is marked suspect for the energy after it.
+rank posts its final record; rank 0 adds up what it gets within ``FINAL_WAIT_S``, or sooner gives up on a rank of its
+own node whose process is gone (a ``kill -9``: waiting longer cannot bring its record). A rank that died posts
+nothing: its last boundary's totals stand for it, and the run is marked suspect for the energy after it.
 
 The store needs ``set(key, bytes)``, ``get(key) -> bytes`` and ``wait(keys, timedelta)`` (torch's ``Store``).
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,10 +40,11 @@ log = logging.getLogger(__name__)
 
 BOUNDARY_WAIT_S = 600.0  # how long a rank waits for the others at a window boundary (DDP keeps them close)
 FINAL_WAIT_S = 15.0  # how long rank 0 waits for another rank's final record once it has stopped measuring
+FINAL_POLL_S = 0.5  # how often, meanwhile, it looks whether a rank of its node has exited without posting it
 
 _SUMMED = ("emissions", "cpu_energy", "gpu_energy", "ram_energy", "energy_consumed", "water_consumed",
            "cpu_power", "gpu_power", "ram_power", "gpu_count")
-_MARKS = ("host", "gpu_ids", "reads_host")  # what a rank's posted record says of where it ran, beside its figures
+_MARKS = ("host", "gpu_ids", "reads_host", "pid")  # where a rank posted from (its node, GPUs, process), beside figures
 _MEAN = ("cpu_utilization_percent", "gpu_utilization_percent", "ram_utilization_percent")
 
 
@@ -105,7 +109,8 @@ class RankMeter:
 
     def _post(self, key: str, record: dict | None) -> dict | None:
         """Post this rank's ``record`` marked with where it ran; what was posted."""
-        mark = dict(zip(_MARKS, (socket.gethostname(), ",".join(map(str, self.gpu_ids)), self.host_leader)))
+        mark = dict(zip(_MARKS, (socket.gethostname(), ",".join(map(str, self.gpu_ids)), self.host_leader,
+                                 os.getpid())))
         posted = None if record is None else {**record, **mark}
         self._store.set(key, json.dumps(posted, default=str))
         return posted
@@ -193,13 +198,35 @@ class RankMeter:
         return dataclasses.replace(result, suspicions=tuple(suspect))
 
     def _final(self, rank: int) -> dict | None:
-        key = f"final/r{rank}"
-        try:
-            self._store.wait([key], timedelta(seconds=FINAL_WAIT_S))
-        except Exception:  # the rank died before it could post (the store's time-out)
-            log.warning("rank %d sent no final energy reading within %.0f s", rank, FINAL_WAIT_S)
-            return None
-        return self._read(key)
+        """``rank``'s final record; None once ``FINAL_WAIT_S`` has passed without it, or at once when the rank ran
+        on this node (its last boundary record says where) and its process has exited."""
+        key, deadline = f"final/r{rank}", time.monotonic() + FINAL_WAIT_S
+        while True:
+            asked = time.monotonic()
+            try:
+                self._store.wait([key], timedelta(seconds=FINAL_POLL_S))
+                return self._read(key)
+            except Exception:  # not posted yet (the store's time-out), or the store is gone
+                if rank_exited(self._last[rank]):
+                    log.warning("rank %d exited without sending its final energy reading", rank)
+                    return None
+                if time.monotonic() >= deadline:
+                    log.warning("rank %d sent no final energy reading within %.0f s", rank, FINAL_WAIT_S)
+                    return None
+                time.sleep(max(0.0, FINAL_POLL_S - (time.monotonic() - asked)))
+
+
+def rank_exited(record: dict) -> bool:
+    """Whether the rank that posted ``record`` ran on this node and its process is gone (or a zombie: dead, not yet
+    reaped by the launcher). A rank on another node, or one that never posted, cannot be told: False."""
+    import psutil  # a CodeCarbon dependency
+
+    if record.get("host") != socket.gethostname() or not record.get("pid"):
+        return False
+    try:
+        return psutil.Process(int(record["pid"])).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _figures(rank: int, record: dict, final: bool) -> RankFigures:
