@@ -203,11 +203,12 @@ class RankMeter:
         key, deadline = f"final/r{rank}", time.monotonic() + FINAL_WAIT_S
         while True:
             asked = time.monotonic()
+            gone = rank_exited(self._last[rank])  # seen before asking: a record it posted before exiting is found
             try:
                 self._store.wait([key], timedelta(seconds=FINAL_POLL_S))
                 return self._read(key)
             except Exception:  # not posted yet (the store's time-out), or the store is gone
-                if rank_exited(self._last[rank]):
+                if gone:
                     log.warning("rank %d exited without sending its final energy reading", rank)
                     return None
                 if time.monotonic() >= deadline:
