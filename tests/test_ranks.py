@@ -26,6 +26,7 @@ from eemlflow.export import main as export_main
 from eemlflow.measure.ranks import rank_exited
 from eemlflow.runner import train_run
 from eemlflow.sweep.__main__ import main as sweep_main
+from eemlflow.sweep.slots import Slot, claim, release
 from eemlflow.train import main as train_main
 from eemlflow.training.config import TrainConfig
 
@@ -246,10 +247,28 @@ def test_on_a_gpu_host_each_rank_measures_its_own_gpu_and_the_run_counts_both(tm
     assert "rapl_cpu_energy_kwh" not in got["counters"] or got["counters"]["rapl_cpu_energy_kwh"] > 0
 
 
+def test_cells_of_two_processes_take_two_free_gpus_each_and_a_third_waits_for_a_pair_to_come_back():
+    """The sweep's GPU slots (``slots.claim``/``release``, in-process): each two-process cell gets a pair no other
+    cell has; with none left the next cell waits, taking nothing; an ended cell's pair is free again."""
+    slots = [Slot(gpu) for gpu in "0123"]
+    first, second, third = slots[0], slots[2], slots[1]
+    assert claim(slots, first, 2) and first.gpus == "0,1"
+    first.process = object()  # running (a Job, as the scheduler keeps it)
+    assert [s.free for s in slots] == [False, False, True, True]
+    assert claim(slots, second, 2) and second.gpus == "2,3"
+    second.process = object()
+    spare = Slot("4")
+    assert not claim([*slots, spare], spare, 2) and not spare.partners and spare.free  # waits, takes nothing
+    release(first)
+    first.process = None
+    assert third.free and claim(slots, third, 2) and sorted(third.gpus.split(",")) == ["0", "1"]
+
+
 def test_a_sweep_gives_a_cell_of_two_processes_two_gpus_of_its_list(store, tmp_path, run_main):
+    """One cell through the real sweep and torchrun (which pair goes to which of several cells: the test above)."""
     grid = tmp_path / "grid.yaml"
     grid.write_text("name: g\nexperiment: g\nsettings: {model: test_resnet, dataset: digits, epochs: 1, img_size: 16, "
-                    "workers: 0, batch_size: 64}\ngrid:\n  - {nproc_per_node: [2], seed: [1, 2]}\n")
+                    "workers: 0, batch_size: 64}\ngrid:\n  - {nproc_per_node: [2]}\n")
     env = {**host_env(write_host(tmp_path, watts=(100.0, 300.0, 100.0, 300.0)), store),
            "EEMLFLOW_HOST_LEDGER": str(tmp_path / "ledger")}
     args = [str(grid), "--no-report", "true"]
@@ -259,14 +278,13 @@ def test_a_sweep_gives_a_cell_of_two_processes_two_gpus_of_its_list(store, tmp_p
         "eemlflow: error: cell test_resnet-digits-e1-b64 trains on nproc_per_node=2 GPUs, but the sweep has 1: list "
         "more with --gpus, or lower nproc_per_node in the grid"], refused.stderr
     assert runs(store) == []
-    done = subprocess.run([*sweep, "--gpus", "0,1,2,3"], env=env, cwd=tmp_path, capture_output=True, text=True,
+    done = subprocess.run([*sweep, "--gpus", "2,3,0,1"], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    cells = [r for r in runs(store) if r.data.tags.get("eemlflow.cell_id")]
-    assert len(cells) == 2 and {r.info.status for r in cells} == {"FINISHED"}
-    assert sorted(r.data.tags["gpu.cuda_visible_devices"] for r in cells) == ["0,1", "2,3"]
-    assert {r.data.params["world_size"] for r in cells} == {"2"}
-    assert all(r.data.tags["eemlflow.rank.1"].endswith("final=yes") for r in cells)
+    [cell] = [r for r in runs(store) if r.data.tags.get("eemlflow.cell_id")]
+    assert cell.info.status == "FINISHED" and cell.data.params["world_size"] == "2"
+    assert cell.data.tags["gpu.cuda_visible_devices"] == "2,3"  # the first two of the list, handed on together
+    assert cell.data.tags["eemlflow.rank.1"].endswith("final=yes")
 
 
 def test_a_budget_stops_every_rank_before_the_same_epoch(store, tmp_path):
