@@ -37,7 +37,7 @@ def ray_env():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_a_grid_runs_as_ray_tasks_two_at_once_retries_a_failing_cell_and_ctrl_c_on_a_rerun_kills_the_rest(
+def test_a_grid_runs_as_ray_tasks_two_at_once_reports_a_failing_cell_and_ctrl_c_on_a_rerun_kills_the_rest(
         store, tmp_path, ray_env):
     """Two sweeps on a local Ray: the grid's two cells at once and a cell whose data is not on the node reported
     with the node's error line (Ray's retries: the multi-node test); then a rerun (2 CPUs a task) trains only what is
