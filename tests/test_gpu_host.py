@@ -182,6 +182,7 @@ def test_a_gpus_list_naming_one_gpu_twice_is_refused_and_the_forecast_calibrates
                                             "each GPU once"]
     assert all_runs(store) == []  # refused before anything opened
     assert forecast.returncode == 0, forecast.stderr[-3000:]
+    assert "forecast: 1 cell to train, 1 calibration in " in forecast.stdout, forecast.stdout
     [line] = [ln for ln in forecast.stderr.splitlines() if ln.startswith("calibrated on ")]
     child, sweep_pid = (int(w.strip("()")) for w in line.split() if w.strip("()").isdigit() and len(w) > 2)
     assert line.startswith("calibrated on GPU 1 (CUDA_VISIBLE_DEVICES=1), calibration process") and child != sweep_pid

@@ -214,8 +214,8 @@ def forecast(cells: Sequence[Cell], console: Console, gpu: str | None = None) ->
                                         f"({cfg.resolved_data_path} data path)")
         result = forecast_on(cells, gpu, shown)
     forecasts, calibrations = result.cells, result.calibrations
-    table = Table(title=f"forecast: {len(forecasts)} cells to train, {counted(calibrations, 'calibration')} in "
-                        f"{time.perf_counter() - started:.0f} s")
+    table = Table(title=f"forecast: {counted(len(forecasts), 'cell')} to train, "
+                        f"{counted(calibrations, 'calibration')} in {time.perf_counter() - started:.0f} s")
     for name in ("#", "cell", "hours", "kWh", "Wh", "kg CO2-eq"):
         table.add_column(name, justify="left" if name == "cell" else "right")
     for i, f in enumerate([*forecasts, grid_total(forecasts)], start=1):
