@@ -4,7 +4,8 @@ Floors, from the bottom up; each imports only the floors below it (``tests/test_
 
 - ``errors``: ``EemlflowError``, the root exception for problems a user can fix; ``atomic`` (whole-file writes) and
   ``lazy`` (a package's names imported on first use, so a command that never trains never imports torch) and
-  ``parent`` (a training that stops itself once the process that started it is gone) beside it.
+  ``parent`` (a training that stops itself once the process that started it is gone; whether a process of this
+  host is alive) beside it.
 - ``training/``: what a run is and how it trains — ``TrainConfig`` (every setting and default), data, timm
   models, the study's recipe and epoch loop, the device data path.
 - ``measure/``: what it costs — CodeCarbon energy windows returning ``EnergyReading``/``EnergyResult``, with

@@ -7,6 +7,9 @@ once the parent is gone, stops itself with SIGTERM: its run ends KILLED with its
 and the sweep's retry resumes it from its checkpoint. The variable is taken out of the environment, so the
 processes the training starts itself (torchrun's ranks, whose parent is the agent) do not watch the wrong parent.
 
+Also whether a process of this host is still alive (``process_alive``): the stale-run test and rank 0's wait for
+another rank's final record both ask it.
+
 Standard library only: the Ray task sets the variable without importing the training's stack.
 """
 
@@ -16,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 PARENT_PID_ENV = "EEMLFLOW_PARENT_PID"
 WATCH_INTERVAL_S = 0.5  # how soon a dead parent is noticed (the check is one system call)
@@ -35,4 +39,21 @@ def stop_with_parent() -> bool:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="eemlflow-parent-watch", daemon=True).start()
+    return True
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        try:
+            return "\nState:\tZ" not in "\n" + status.read_text()
+        except OSError:
+            return True
     return True

@@ -8,7 +8,8 @@ its concurrent trainings (``host_share``), one run's energy summed over its rank
 CPU/RAM counted once (``ranks``), the devices' idle baseline (``idle``), unit factors (``units``), a run's
 projected totals and its budgets (``projection``), the choice of the GPU to measure (``gpu_ids``) and CodeCarbon's
 timer kept from measuring beside the monitor or after its stop (``sampling``). May import
-``eemlflow.errors``, ``eemlflow.atomic``, CodeCarbon and NVML; nothing of training, MLflow or the CLIs.
+``eemlflow.errors``, ``eemlflow.atomic``, ``eemlflow.parent`` (whether a rank's process is alive), CodeCarbon and
+NVML; nothing of training, MLflow or the CLIs.
 """
 
 from eemlflow.lazy import lazy_exports

@@ -35,6 +35,7 @@ from eemlflow.measure.readings import (
     counters_over_segments,
 )
 from eemlflow.measure.suspicion import suspicions
+from eemlflow.parent import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -220,14 +221,9 @@ class RankMeter:
 def rank_exited(record: dict) -> bool:
     """Whether the rank that posted ``record`` ran on this node and its process is gone (or a zombie: dead, not yet
     reaped by the launcher). A rank on another node, or one that never posted, cannot be told: False."""
-    import psutil  # a CodeCarbon dependency
-
     if record.get("host") != socket.gethostname() or not record.get("pid"):
         return False
-    try:
-        return psutil.Process(int(record["pid"])).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    return not process_alive(int(record["pid"]))
 
 
 def _figures(rank: int, record: dict, final: bool) -> RankFigures:

@@ -4,8 +4,8 @@ Owns the study's schema and every MLflow key eemlflow writes or reads (``schema`
 schema created once under a lock, race-tolerant get-or-create, one-line errors (``connect``); the resilient
 writer — bounded retries, then a local spool that ``python -m eemlflow.runs replay`` puts back (``writer``); one
 training run's records (``run``); the CSV export and the ingest of published CSVs (``export``, ``ingest``).
-May import ``eemlflow.training`` and ``eemlflow.measure`` (for the types it logs), MLflow and pandas; nothing of
-the runner, the sweep or the command lines.
+May import ``eemlflow.training`` and ``eemlflow.measure`` (for the types it logs), ``eemlflow.parent`` (whether a
+process is alive), MLflow and pandas; nothing of the runner, the sweep or the command lines.
 """
 
 from eemlflow.store.connect import connect, experiment_id_for, search_all_runs

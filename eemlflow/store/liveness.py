@@ -18,13 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from eemlflow.errors import EemlflowError
+from eemlflow.parent import process_alive
 from eemlflow.store.connect import no_http_retries
 from eemlflow.store.schema import HEARTBEAT_TAG
 from eemlflow.store.status import RUNNING
@@ -102,23 +102,6 @@ class HeartbeatThread:
                 self._client.log_batch(self.run_id, tags=[RunTag(HEARTBEAT_TAG, beat.to_tag())])
         except Exception as e:  # a missed beat is harmless; the next one may get through
             log.debug("heartbeat of run %s not stored: %s", self.run_id, e)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        return True
-    status = Path(f"/proc/{pid}/status")
-    if status.exists():
-        try:
-            return "\nState:\tZ" not in "\n" + status.read_text()
-        except OSError:
-            return True
-    return True
 
 
 def staleness(run: Any, stale_after_s: float = DEFAULT_STALE_AFTER_S, now: float | None = None,
