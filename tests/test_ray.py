@@ -48,8 +48,7 @@ def test_a_grid_runs_as_ray_tasks_two_at_once_reports_a_failing_cell_and_ctrl_c_
     temp = tmp_path / "tmp"  # the Ray workers' temporary folder (they inherit the local Ray's environment)
     temp.mkdir()
     first = run_cli(["eemlflow.sweep", str(grid), "--executor", "ray", "--no-report", "--retries", "0"],
-                    tracking_uri=store,
-                    env={**ray_env, "TMPDIR": str(temp)})
+                    tracking_uri=store, env={**ray_env, "TMPDIR": str(temp)})
     assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr[-3000:]
     cpus = os.cpu_count()  # what a local Ray offers
     assert f"sweep tiny: 3 cells to train, {cpus} at a time (Ray tasks of 1 CPU each)" in first.stderr, first.stderr
