@@ -1,6 +1,7 @@
 """One machine-wide CodeCarbon tracker (the real one, machine mode, no GPU), the reference that concurrent
 trainings' CPU+RAM energy is held against: it writes ``argv[1]``.ready once measuring, then samples its cumulative
-CPU+RAM energy every 0.25 s until ``argv[1]`` exists, and writes the (unix time, kWh) samples to ``argv[2]``."""
+CPU and RAM energy every 0.25 s until ``argv[1]`` exists, and writes the (unix time, CPU kWh, RAM kWh) samples to
+``argv[2]``."""
 
 import json
 import os
@@ -31,7 +32,7 @@ open(stop + ".ready", "w").close()
 samples = []
 while not os.path.exists(stop):
     tracker.flush()
-    samples.append((time.time(), latest.total.cpu_energy + latest.total.ram_energy))
+    samples.append((time.time(), latest.total.cpu_energy, latest.total.ram_energy))
     time.sleep(0.25)
 tracker.stop()
 with open(out, "w") as f:

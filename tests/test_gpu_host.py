@@ -5,6 +5,7 @@ that a CPU shows (a synchronize that raises, a checkpoint moved between devices)
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from simgpu_host import MIGS, host_env, write_host
 
 import eemlflow.runner.run as runner
 from eemlflow.errors import EemlflowError
-from eemlflow.measure.host_share import Window, share
+from eemlflow.measure.host_share import Attribution, HostLedger, Window, share
 from eemlflow.runner import train_run
 from eemlflow.training.config import TrainConfig, checkpoint_path
 
@@ -134,10 +135,18 @@ def test_concurrent_trainings_share_the_hosts_cpu_and_ram_as_one_machine_measure
     start, end = min(w["start"] for w in windows), max(w["end"] for w in windows)
     assert max(w["start"] for w in windows) < min(w["end"] for w in windows)  # they did overlap
     samples = np.array(json.loads((tmp_path / "machine.json").read_text()))
-    machine_kwh = np.interp(end, samples[:, 0], samples[:, 1]) - np.interp(start, samples[:, 0], samples[:, 1])
+    machine = {key: np.interp(end, samples[:, 0], samples[:, col]) - np.interp(start, samples[:, 0], samples[:, col])
+               for col, key in ((1, "cpu_energy"), (2, "ram_energy"))}
     runs = all_runs(store)
-    charged = sum(r.data.metrics["cpu_energy"] + r.data.metrics["ram_energy"] for r in runs)
-    assert charged == pytest.approx(machine_kwh, rel=0.10)  # one machine, not two
+    charged = {key: sum(r.data.metrics[key] for r in runs) for key in machine}
+    # One machine, not two. CodeCarbon's RAM model is a constant power in machine mode, so every tracker on the host
+    # integrates the same watts and the shares must add up to the reference's RAM energy closely. Its CPU model is
+    # TDP x (0.1 + 0.9 x load^3) with the load averaged between a tracker's own readings: the reference's (every
+    # 0.25 s) and the trainings' (every 1 s) differ on a busy machine (cubed load averaged over longer stretches is
+    # less: CI saw CPU+RAM 11 % under the reference), so the CPU is held to the share's arithmetic
+    # (test_an_attribution_charges_cpu_and_ram_at_the_share_of_each_stretch) and here to a loose bound only.
+    assert charged["ram_energy"] == pytest.approx(machine["ram_energy"], rel=0.03)
+    assert sum(charged.values()) == pytest.approx(sum(machine.values()), rel=0.25)
     for r in runs:
         assert r.data.tags["codecarbon.tracking_mode"] == "machine-shared"
         # Between a half (the two side by side throughout) and 1 (alone): how much they overlapped depends on how
@@ -159,6 +168,41 @@ def test_concurrent_trainings_share_the_hosts_cpu_and_ram_as_one_machine_measure
 ])
 def test_a_trainings_share_is_the_mean_of_one_over_the_trainings_open(others, a, b, expected):
     assert share(Window(1, 0, None), others, a, b) == pytest.approx(expected)
+
+
+def test_an_attribution_charges_cpu_and_ram_at_the_share_of_each_stretch(tmp_path):
+    """CodeCarbon's cumulative figures through a real ledger: a stretch beside one other training is charged half
+    of its CPU and RAM, a stretch alone all of it, and the total, emissions and mean powers follow."""
+    ledger = HostLedger(tmp_path)
+    other = tmp_path / f"{socket.gethostname()}-1-1.json"
+    try:
+        def other_window(end: float) -> None:
+            other.write_text(json.dumps({"pid": 1, "created": None, "start": time.time() - 100, "end": end}))
+
+        other_window(time.time() + 3600)  # open over the first stretch
+        attribution = Attribution(ledger)
+        first = attribution.update({"cpu_energy": 1.0, "ram_energy": 2.0, "gpu_energy": 0.0, "energy_consumed": 3.0,
+                                    "cpu_power": 10.0, "ram_power": 20.0, "emissions": 0.3})
+        assert first["cpu_energy"] == pytest.approx(0.5) and first["ram_energy"] == pytest.approx(1.0)
+        assert first["energy_consumed"] == pytest.approx(1.5) and first["emissions"] == pytest.approx(0.15)
+        assert first["cpu_power"] == pytest.approx(5.0) and first["ram_power"] == pytest.approx(10.0)
+        assert first["tracking_mode"] == "machine-shared"
+        other_window(time.time() - 50)  # ended before the second stretch: alone
+        second = attribution.update({"cpu_energy": 3.0, "ram_energy": 4.0, "gpu_energy": 0.0, "energy_consumed": 7.0,
+                                     "cpu_power": 10.0, "ram_power": 20.0, "emissions": 0.7})
+        assert second["cpu_energy"] == pytest.approx(0.5 + 2.0) and second["ram_energy"] == pytest.approx(1.0 + 2.0)
+        assert second["energy_consumed"] == pytest.approx(5.5) and second["emissions"] == pytest.approx(0.55)
+        assert second["ram_power"] == pytest.approx(20.0 * 3.0 / 4.0) and attribution.share == pytest.approx(5.5 / 7)
+    finally:
+        ledger.close()
+    alone = {"cpu_energy": 1.0, "ram_energy": 2.0, "gpu_energy": 4.0, "energy_consumed": 7.0, "emissions": 0.7}
+    solo = HostLedger(tmp_path / "solo")
+    try:
+        assert Attribution(solo).update(alone) == alone  # alone: CodeCarbon's figures, to the bit
+    finally:
+        solo.close()
+    rank = Attribution(None, part=0.0).update(alone)  # a rank whose node's CPU and RAM another rank counts
+    assert rank["cpu_energy"] == rank["ram_energy"] == 0 and rank["energy_consumed"] == pytest.approx(4.0)
 
 
 def test_a_gpus_list_naming_one_gpu_twice_is_refused_and_the_forecast_calibrates_on_the_first(store, tmp_path):

@@ -122,7 +122,7 @@ class EnergyMonitor:
         after = self._raw_counters()
         self._counter_base = self._clock.at("start", before, after, getattr(self._tracker, "_start_time", None))
         self._started_unix_s = unix_time(getattr(self._tracker, "_start_time", None))
-        self._attribution = Attribution(HostLedger() if self._share_host else None,
+        self._attribution = Attribution(HostLedger(start=self._started_unix_s) if self._share_host else None,
                                         part=1.0 if self._measure_host else 0.0)
         first = self._snapshot()
         if first is None:
@@ -189,7 +189,7 @@ class EnergyMonitor:
         if final is not None:
             final = self._as_measured(final)
         if self._attribution.ledger is not None:
-            self._attribution.ledger.close()
+            self._attribution.ledger.close(end=ended_unix_s)
         if final is None and self.failure is None:
             self.failure = "CodeCarbon's tracker returned no final measurement (it logs its own error above)"
             log.warning("energy tracking failed: %s", self.failure)

@@ -66,11 +66,13 @@ def share(me: Window, others: list[Window], a: float, b: float) -> float:
 class HostLedger:
     """This training's entry in the host's ledger, and its share of the machine over a stretch of time."""
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, start: float | None = None) -> None:
+        """``start``: when this training's measurement began (Unix s; now if None): the window is the span its
+        tracker measured, so that the others' shares count the seconds it was charged for, not the ledger's own."""
         self.folder = folder or ledger_folder()
         self.available = True
         self.description = ""
-        self.window = Window(os.getpid(), time.time(), None)
+        self.window = Window(os.getpid(), time.time() if start is None else start, None)
         self.path = self.folder / f"{socket.gethostname()}-{os.getpid()}-{int(self.window.start * 1e6)}.json"
         self.max_concurrent = 1
         self._stop = threading.Event()
@@ -128,13 +130,13 @@ class HostLedger:
         self.max_concurrent = max(self.max_concurrent, 1 + len(overlapping))
         return share(self.window, overlapping, a, b)
 
-    def close(self) -> None:
-        """Close this training's window (kept for the trainings it overlapped, which read it at their next
-        boundary)."""
+    def close(self, end: float | None = None) -> None:
+        """Close this training's window at ``end`` (its tracker's last reading, Unix s; now if None), kept for the
+        trainings it overlapped, which read it at their next boundary."""
         self._stop.set()
         if not self.available:
             return
-        self.window = Window(self.window.pid, self.window.start, time.time())
+        self.window = Window(self.window.pid, self.window.start, time.time() if end is None else end)
         try:
             self._write()
         except OSError as e:
@@ -149,7 +151,7 @@ class Attribution:
     def __init__(self, ledger: HostLedger | None, part: float = 1.0) -> None:
         self.ledger = ledger
         self.part = part
-        self.since = time.time()
+        self.since = ledger.window.start if ledger is not None else time.time()
         self.raw = {"cpu_energy": 0.0, "ram_energy": 0.0}
         self.charged = dict(self.raw)
         self.shared = False
