@@ -247,23 +247,34 @@ def test_a_cells_key_ignores_where_and_how_fast_it_runs_and_its_budgets_but_noth
     assert base.cell_id == "52f65a11bb5f2f3b"
 
 
-def test_the_launchers_sweep_and_export_entry_points_take_empty_values(store, tmp_path):
+def test_the_launchers_sweep_and_export_entry_points_take_empty_values(store, tmp_path, run_main):
+    """MLproject's sweep, export and report entry points with their empty defaults, as ``mlflow run`` builds their
+    command lines (MLflow's own project loader and ``compute_command``; the shell's word splitting), each called
+    in-process. ``mlflow run`` itself, a process, is tested with the README's command and the resume entry point."""
+    import shlex
+
+    from mlflow.projects import _project_spec
+
+    from eemlflow.export import main as export_main
+    from eemlflow.report.__main__ import main as report_main
+
+    project = _project_spec.load_project(str(REPO))
+
+    def launch(entry: str, params: dict, main) -> subprocess.CompletedProcess:
+        words = shlex.split(project.get_entry_point(entry).compute_command(params, str(tmp_path)))
+        assert words[:2] == ["python", "-m"], words
+        return run_main(main, words[3:], tracking_uri=store)
+
     grid = tmp_path / "tiny.yaml"
     grid.write_text(GRID)
-    sweep = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
-                            "-P", f"grid={grid}", "-P", "dry_run=true"],  # only, set, gpus: empty defaults
-                           cwd=tmp_path, env=cli_env(store), capture_output=True, text=True, timeout=300)
+    sweep = launch("sweep", {"grid": str(grid), "dry_run": "true"}, sweep_main)  # only, set, gpus: empty defaults
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert "2 cells: 0 done, 0 running, 0 resumable, 0 failed, 2 pending" in sweep.stdout
     out = tmp_path / "exported.csv"
-    export = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "export", "--env-manager",
-                             "local", "-P", f"output={out}"], cwd=tmp_path, env=cli_env(store), capture_output=True,
-                            text=True, timeout=300)
+    export = launch("export", {"output": str(out)}, export_main)
     assert export.returncode == 0, export.stderr[-2000:]
     assert out.read_text().splitlines()[0].startswith("timestamp,project_name,run_id")
-    report = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "report", "--env-manager",
-                             "local", "-P", f"output={tmp_path / 'page'}"],  # experiment: empty = every one
-                            cwd=tmp_path, env=cli_env(store), capture_output=True, text=True, timeout=300)
+    report = launch("report", {"output": str(tmp_path / "page")}, report_main)  # experiment: empty = every one
     assert report.returncode == 0, report.stderr[-2000:]
     assert "<h2>Totals</h2>" in (tmp_path / "page" / "report.html").read_text()
 
