@@ -75,9 +75,8 @@ def test_two_ranks_train_one_run_whose_energy_is_the_sum_of_theirs_with_the_cpu_
     history = MlflowClient(store).get_metric_history(run.info.run_id, "epoch/eval_top1")
     assert [m.step for m in history] == list(range(1, EPOCHS + 1))
     epochs = MlflowClient(store).get_metric_history(run.info.run_id, "epoch_energy/energy_kwh")
-    # The epochs are windows inside the run's measured span: together at most its energy (a rank's counted twice
-    # would be 2x) and most of it (the setup and the final evaluation are the rest; their share grows with the load
-    # beside the test, so no tighter figure).
+    # Windows inside the run's span: at most its energy (a rank counted twice: 2x), most of it (setup and the final
+    # evaluation, whose share grows with the load beside the test, are the rest).
     assert 0.5 * metrics["energy_consumed"] < sum(m.value for m in epochs) <= metrics["energy_consumed"] * (1 + 1e-6)
     assert "rank0" in done.stderr or "done: run" in done.stderr
     assert not (folder / "checkpoints" / run.info.run_id).exists()  # rank 0 removed the finished run's checkpoint
