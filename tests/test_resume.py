@@ -67,14 +67,15 @@ def freeze_when(pid: int, ready, timeout: float = 300) -> None:
             return False
 
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and process_alive(pid):
         if holds():
             os.kill(pid, signal.SIGSTOP)
             if holds():
                 return
             os.kill(pid, signal.SIGCONT)
         time.sleep(0.2)
-    pytest.fail(f"process {pid} never reached the state to stop it in within {timeout} s")
+    pytest.fail(f"process {pid} never reached the state to stop it in "
+                f"{'within ' + str(timeout) + ' s' if process_alive(pid) else 'before it ended'}")
 
 
 def stop_holding_no_lock(pid: int, db: Path, timeout: float = 60) -> None:
@@ -114,8 +115,11 @@ def test_a_killed_run_is_stale_and_resumes_to_what_an_uninterrupted_run_computes
     one_thread = {"OMP_NUM_THREADS": "1"}  # the same arithmetic in every process, and the two side by side
     whole = train(store, tmp_path, "--epochs", "5", "--batch-size", "64", "--experiment", "uninterrupted",
                   env=one_thread)
+    # The state to kill it in opens after each checkpoint once CodeCarbon has sampled again and a heartbeat has
+    # carried that sample, and closes at the next epoch's end: sampling and beating every 0.25 s keep it open for
+    # most of an epoch (at 1 s each, a CI machine's ~1 s epochs went by without it).
     proc = train(store, tmp_path, "--epochs", "5", "--batch-size", "64", "--experiment", "killed",
-                 "--measure-power-secs", "1", env=one_thread)
+                 "--measure-power-secs", "0.25", env={**one_thread, "EEMLFLOW_HEARTBEAT_SECONDS": "0.25"})
     run_id = wait_for_epochs(client, 1, proc, experiment="killed").info.run_id
     checkpoint_file = tmp_path / "checkpoints" / run_id / "checkpoint.pt"
 
