@@ -251,30 +251,32 @@ def test_the_launchers_sweep_and_export_entry_points_take_empty_values(store, tm
     """MLproject's sweep, export and report entry points with their empty defaults, as ``mlflow run`` builds their
     command lines (MLflow's own project loader and ``compute_command``; the shell's word splitting), each called
     in-process. ``mlflow run`` itself, a process, is tested with the README's command and the resume entry point."""
+    import importlib
     import shlex
 
     from mlflow.projects import _project_spec
 
-    from eemlflow.export import main as export_main
-    from eemlflow.report.__main__ import main as report_main
-
     project = _project_spec.load_project(str(REPO))
 
-    def launch(entry: str, params: dict, main) -> subprocess.CompletedProcess:
+    def launch(entry: str, params: dict) -> subprocess.CompletedProcess:
+        """The entry point's command line, through the ``main`` of the module it names (as ``python -m`` runs it)."""
         words = shlex.split(project.get_entry_point(entry).compute_command(params, str(tmp_path)))
         assert words[:2] == ["python", "-m"], words
-        return run_main(main, words[3:], tracking_uri=store)
+        module = importlib.import_module(words[2])
+        if hasattr(module, "__path__"):  # a package: python -m runs its __main__
+            module = importlib.import_module(f"{words[2]}.__main__")
+        return run_main(module.main, words[3:], tracking_uri=store)
 
     grid = tmp_path / "tiny.yaml"
     grid.write_text(GRID)
-    sweep = launch("sweep", {"grid": str(grid), "dry_run": "true"}, sweep_main)  # only, set, gpus: empty defaults
+    sweep = launch("sweep", {"grid": str(grid), "dry_run": "true"})  # only, set, gpus: empty defaults
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert "2 cells: 0 done, 0 running, 0 resumable, 0 failed, 2 pending" in sweep.stdout
     out = tmp_path / "exported.csv"
-    export = launch("export", {"output": str(out)}, export_main)
+    export = launch("export", {"output": str(out)})
     assert export.returncode == 0, export.stderr[-2000:]
     assert out.read_text().splitlines()[0].startswith("timestamp,project_name,run_id")
-    report = launch("report", {"output": str(tmp_path / "page")}, report_main)  # experiment: empty = every one
+    report = launch("report", {"output": str(tmp_path / "page")})  # experiment: empty = every one
     assert report.returncode == 0, report.stderr[-2000:]
     assert "<h2>Totals</h2>" in (tmp_path / "page" / "report.html").read_text()
 
