@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # One compute thread per process, in this one and every process a test starts (they inherit it): the suite runs on
-# a worker per core and one more (pytest-xdist) and its tests start trainings side by side, and torch's OpenMP threads,
+# as many workers as cores (pytest-xdist) and its tests start trainings side by side, and torch's OpenMP threads,
 # two per process on two cores, spin against each other's (the suite took 2,366 s of CPU for 1,009 s with one).
 for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
@@ -43,17 +43,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                         if defs and defs[-1].scope == "module")
         if shared:
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: one worker more than the cores (``PYTEST_XDIST_AUTO_NUM_WORKERS`` still overrides), so that a core
-    is not left idle while a test waits on a server, a cluster or a process to reach a state. On 2 cores a full run
-    took 709 s with one worker per core and 652 s with one more, the cores then busy 99.5 % of it (``/proc/stat``).
-    """
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
-    return (os.cpu_count() or 1) + 1
 
 
 def pytest_configure(config: pytest.Config) -> None:
