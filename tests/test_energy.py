@@ -324,8 +324,14 @@ def test_the_idle_baseline_splits_the_runs_energy_into_idle_power_over_its_durat
     share = m["summary/cpu_ram_share"]
     assert idle_w == pytest.approx(m["summary/idle_gpu_power_w"]
                                    + share * (m["summary/idle_cpu_power_w"] + m["summary/idle_ram_power_w"]))
-    assert m["summary/dynamic_energy_kwh"] + idle_w * m["duration"] / 3.6e6 == pytest.approx(m["energy_consumed"])
-    assert 0 < m["summary/dynamic_energy_kwh"] < m["energy_consumed"]  # the CPU works harder training than idle
+    # Without RAPL the CPU's power follows the machine's load, which the tests beside this one share, so the idle
+    # window may draw as much as the training did: the dynamic rest is then zero, never negative.
+    assert idle_w > 0
+    assert m["summary/dynamic_energy_kwh"] == pytest.approx(
+        max(0.0, m["energy_consumed"] - idle_w * m["duration"] / 3.6e6))
+    assert 0 <= m["summary/dynamic_energy_kwh"] < m["energy_consumed"]
+    assert dynamic_energy_kwh(outcome.energy, IdlePower(2.0, 0.0, 0.0, 0.0, "")) == pytest.approx(
+        m["energy_consumed"])  # no idle power: all of it is dynamic
     assert m["summary/idle_ram_power_w"] == pytest.approx(m["summary/avg_ram_power_w"], rel=0.02)  # a constant model
     assert run.data.tags["energy.idle_method"].startswith("measured idle for 2")
     assert "no GPU" in run.data.tags["energy.idle_method"]
